@@ -1,0 +1,512 @@
+/* Children: EXEC processes, the app, WAIT_PORT helpers; output forwarding, reaping, deadlines,
+ * and the shutdown sequence.
+ *
+ * Every child is forked from the single-threaded loop. EXEC and app children start their own
+ * session (so pgid = pid and timeouts/stops signal the whole group), get stdin/stdout/stderr and
+ * no other fd, then exec. A CLOEXEC status pipe reports a failure before exec as ERROR spawn. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define MAX_PROCS 64
+#define MAX_STOP_WAITERS 8
+#define SHUTDOWN_GRACE_MS 3000
+#define WAIT_PORT_INTERVAL_MS 20
+
+enum kind { K_EXEC, K_APP, K_WAIT_PORT };
+
+struct proc {
+	bool used;
+	enum kind kind;
+	uint32_t id;      /* request id; 0 once its host connection is gone: send nothing */
+	pid_t pid;
+	int fds[2];       /* read ends of stdout, stderr; -1 when closed */
+	int64_t deadline; /* EXEC timeout (monotonic ms); 0 = none */
+	uint32_t port, timeout_ms; /* WAIT_PORT, for the error message */
+};
+
+static struct proc procs[MAX_PROCS];
+static struct proc *app;
+
+/* APP_STOP requests waiting for the app to exit; deadline = when SIGKILL follows SIGTERM. */
+static struct {
+	bool stopping;
+	int n;
+	uint32_t ids[MAX_STOP_WAITERS];
+	int64_t deadline;
+} stop;
+
+/* ---------------------------------------------------------------- spawning */
+
+enum stage { ST_SETUP, ST_USER, ST_CWD, ST_EXEC };
+
+struct spawn_status {
+	int stage;
+	int err;
+};
+
+static struct proc *free_slot(uint32_t id)
+{
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (!procs[i].used)
+			return &procs[i];
+	reply_error(id, "busy", "too many processes running (%d)", MAX_PROCS);
+	return NULL;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* execvpe, but searching the child's own PATH (execvpe uses the agent's). */
+static void exec_search(char *const argv[], char *const envp[])
+{
+	const char *file = argv[0];
+	if (!file[0]) {
+		errno = ENOENT;
+		return;
+	}
+	if (strchr(file, '/')) {
+		execve(file, argv, envp);
+		return;
+	}
+	const char *path = DEFAULT_PATH + 5;
+	for (char *const *e = envp; *e; e++)
+		if (strncmp(*e, "PATH=", 5) == 0) {
+			path = *e + 5;
+			break;
+		}
+	int err = ENOENT;
+	for (;;) {
+		const char *end = strchrnul(path, ':');
+		char full[PATH_MAX];
+		int n = snprintf(full, sizeof full, "%.*s/%s", end == path ? 1 : (int)(end - path),
+				 end == path ? "." : path, file);
+		if (n > 0 && (size_t)n < sizeof full) {
+			execve(full, argv, envp);
+			if (errno == EACCES)
+				err = EACCES;
+			else if (errno != ENOENT && errno != ENOTDIR)
+				return;
+		}
+		if (!*end)
+			break;
+		path = end + 1;
+	}
+	errno = err;
+}
+
+static _Noreturn void exec_child(const struct spawn_req *r, const struct cred *c, int in, int out,
+				 int err, int status_fd)
+{
+	restore_child_signals();
+	int stage = ST_SETUP;
+	if (setsid() < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+		goto fail;
+	/* Every agent fd is O_CLOEXEC already; this makes sure of it (the port above all). */
+	fds_from(3, false);
+	stage = ST_USER;
+	if (setgroups((size_t)c->ngroups, c->groups) < 0 || setgid(c->gid) < 0 || setuid(c->uid) < 0)
+		goto fail;
+	stage = ST_CWD;
+	if (chdir(r->cwd) < 0)
+		goto fail;
+	stage = ST_EXEC;
+	exec_search(r->argv, r->envp);
+fail:;
+	struct spawn_status st = {stage, errno};
+	if (write(status_fd, &st, sizeof st) < 0) {
+	}
+	_exit(127);
+}
+
+static int stdin_fd(const struct spawn_req *r)
+{
+	if (r->stdin_len == 0)
+		return open("/dev/null", O_RDONLY | O_CLOEXEC);
+	/* A memfd holds all of stdin at once: nothing to feed from the loop, nothing to block on. */
+	int fd = memfd_create("cocoon-stdin", MFD_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	for (size_t off = 0; off < r->stdin_len;) {
+		ssize_t n = write(fd, r->stdin_data + off, r->stdin_len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			close(fd);
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	if (lseek(fd, 0, SEEK_SET) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Starts an EXEC or app child; on failure replies (spawn, busy) and returns NULL. */
+static struct proc *spawn(uint32_t id, const struct spawn_req *r, enum kind kind)
+{
+	struct proc *p = free_slot(id);
+	if (!p)
+		return NULL;
+	struct cred cred;
+	char why[300];
+	if (resolve_user(r->user, &cred, why, sizeof why) < 0) {
+		reply_error(id, "spawn", "%s", why);
+		return NULL;
+	}
+	int in = stdin_fd(r), out[2] = {-1, -1}, err[2] = {-1, -1}, st[2] = {-1, -1};
+	pid_t pid = -1;
+	if (in >= 0 && pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0 &&
+	    pipe2(st, O_CLOEXEC) == 0) {
+		pid = fork();
+		if (pid == 0)
+			exec_child(r, &cred, in, out[1], err[1], st[1]);
+	}
+	int saved = errno;
+	close_fd(&in);
+	close_fd(&out[1]);
+	close_fd(&err[1]);
+	close_fd(&st[1]);
+	struct spawn_status ss = {ST_SETUP, saved};
+	ssize_t n = sizeof ss;
+	if (pid > 0) {
+		do
+			n = read(st[0], &ss, sizeof ss);
+		while (n < 0 && errno == EINTR);
+		if (n == sizeof ss)
+			waitpid(pid, NULL, 0);
+	}
+	close_fd(&st[0]);
+	if (n != 0) {
+		close_fd(&out[0]);
+		close_fd(&err[0]);
+		const char *what = ss.stage == ST_EXEC ? r->argv[0]
+				   : ss.stage == ST_CWD ? r->cwd
+				   : ss.stage == ST_USER ? (r->user[0] ? r->user : "root")
+							 : "setup";
+		static const char *const stages[] = {"prepare", "switch to user", "chdir to", "exec"};
+		reply_error(id, "spawn", "%s %s: %s", stages[ss.stage], what,
+			    strerror(n == sizeof ss ? ss.err : EIO));
+		return NULL;
+	}
+	fcntl(out[0], F_SETFL, O_NONBLOCK);
+	fcntl(err[0], F_SETFL, O_NONBLOCK);
+	*p = (struct proc){.used = true, .kind = kind, .id = id, .pid = pid, .fds = {out[0], err[0]}};
+	return p;
+}
+
+void proc_exec(uint32_t id, const struct spawn_req *r, uint32_t timeout_ms)
+{
+	struct proc *p = spawn(id, r, K_EXEC);
+	if (!p)
+		return;
+	if (timeout_ms)
+		p->deadline = monotonic_ms() + timeout_ms;
+	msg_begin(id, MSG_STARTED);
+	msg_u32((uint32_t)p->pid);
+	msg_send();
+}
+
+void proc_app_start(uint32_t id, const struct spawn_req *r)
+{
+	if (app) {
+		reply_error(id, "busy", "the app is already running (pid %d)", app->pid);
+		return;
+	}
+	struct proc *p = spawn(id, r, K_APP);
+	if (!p)
+		return;
+	app = p;
+	memset(&stop, 0, sizeof stop);
+	msg_begin(id, MSG_OK);
+	msg_u32((uint32_t)p->pid);
+	msg_send();
+}
+
+void proc_app_stop(uint32_t id, uint32_t grace_ms)
+{
+	if (!app) {
+		reply_error(id, "not_found", "no app is running");
+		return;
+	}
+	if (stop.n == MAX_STOP_WAITERS) {
+		reply_error(id, "busy", "too many APP_STOP requests waiting");
+		return;
+	}
+	stop.ids[stop.n++] = id;
+	int64_t deadline = monotonic_ms() + grace_ms;
+	if (!stop.stopping) {
+		stop.stopping = true;
+		stop.deadline = deadline;
+		kill(-app->pid, SIGTERM);
+	} else if (stop.deadline && deadline < stop.deadline) {
+		stop.deadline = deadline;
+	}
+}
+
+/* ---------------------------------------------------------------- WAIT_PORT */
+
+static bool try_connect(const struct sockaddr_in *sa, int64_t left_ms)
+{
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return false;
+	int r = connect(s, (const struct sockaddr *)sa, sizeof *sa);
+	if (r < 0 && errno == EINPROGRESS) {
+		struct pollfd pf = {.fd = s, .events = POLLOUT};
+		int e = -1;
+		socklen_t elen = sizeof e;
+		int wait = left_ms > 1000 ? 1000 : left_ms < 0 ? 0 : (int)left_ms;
+		if (poll(&pf, 1, wait) == 1)
+			getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &elen);
+		r = e == 0 ? 0 : -1;
+	}
+	close(s);
+	return r == 0;
+}
+
+/* The helper process: probes every 20 ms, exits 0 on a connect, 1 at the deadline. */
+static _Noreturn void wait_port_child(uint32_t port, uint32_t timeout_ms)
+{
+	fds_from(0, true);
+	restore_child_signals();
+	struct sockaddr_in sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int64_t deadline = timeout_ms ? monotonic_ms() + timeout_ms : INT64_MAX;
+	for (;;) {
+		if (try_connect(&sa, deadline - monotonic_ms()))
+			_exit(0);
+		int64_t left = deadline - monotonic_ms();
+		if (left <= 0)
+			_exit(1);
+		sleep_ms(left < WAIT_PORT_INTERVAL_MS ? (unsigned)left : WAIT_PORT_INTERVAL_MS);
+	}
+}
+
+void proc_wait_port(uint32_t id, uint32_t port, uint32_t timeout_ms)
+{
+	struct proc *p = free_slot(id);
+	if (!p)
+		return;
+	pid_t pid = fork();
+	if (pid < 0) {
+		reply_error(id, "io", "fork: %s", strerror(errno));
+		return;
+	}
+	if (pid == 0)
+		wait_port_child(port, timeout_ms);
+	*p = (struct proc){.used = true, .kind = K_WAIT_PORT, .id = id, .pid = pid, .fds = {-1, -1},
+			   .port = port, .timeout_ms = timeout_ms};
+}
+
+/* ---------------------------------------------------------------- output, exits, deadlines */
+
+int procs_pollfds(struct pollfd *pfds, int *tags, int max)
+{
+	int n = 0;
+	for (int i = 0; i < MAX_PROCS; i++)
+		for (int j = 0; j < 2 && procs[i].used; j++)
+			if (procs[i].fds[j] >= 0 && n < max) {
+				pfds[n] = (struct pollfd){.fd = procs[i].fds[j], .events = POLLIN};
+				tags[n++] = i * 2 + j;
+			}
+	return n;
+}
+
+/* Reads one chunk (at most max bytes) from stdout (j=0) or stderr (j=1) and forwards it while its
+ * request is live. Closes the pipe at EOF. Returns the bytes read. */
+static size_t forward(struct proc *p, int j, size_t max)
+{
+	static uint8_t scratch[OUTPUT_CHUNK_MAX];
+	msg_begin(p->id, j ? MSG_STDERR : MSG_STDOUT);
+	uint8_t *buf = p->id ? msg_reserve(max) : NULL;
+	ssize_t n = read(p->fds[j], buf ? buf : scratch, max);
+	if (n > 0) {
+		if (buf) {
+			msg_commit((size_t)n);
+			msg_send();
+		}
+		return (size_t)n;
+	}
+	if (n == 0 || (errno != EAGAIN && errno != EINTR))
+		close_fd(&p->fds[j]);
+	return 0;
+}
+
+void procs_on_output(int tag, int fd, short revents)
+{
+	struct proc *p = &procs[tag / 2];
+	int j = tag % 2;
+	if (p->used && p->fds[j] == fd && (revents & (POLLIN | POLLHUP | POLLERR)))
+		forward(p, j, OUTPUT_CHUNK_MAX);
+}
+
+/* At exit: forwards what is in the pipe now, then closes it. Output that background children
+ * write later is cut (PROTOCOL.md), and a chatty one cannot keep the loop here. */
+static void drain(struct proc *p, int j)
+{
+	int avail = 0;
+	if (p->fds[j] >= 0 && ioctl(p->fds[j], FIONREAD, &avail) == 0)
+		while (avail > 0 && p->fds[j] >= 0) {
+			size_t max = (size_t)avail < OUTPUT_CHUNK_MAX ? (size_t)avail : OUTPUT_CHUNK_MAX;
+			size_t got = forward(p, j, max);
+			if (got == 0)
+				break;
+			avail -= (int)got;
+		}
+	close_fd(&p->fds[j]);
+}
+
+static void finish(struct proc *p, int status)
+{
+	drain(p, 0);
+	drain(p, 1);
+	int32_t code = -1;
+	uint32_t sig = 0;
+	if (WIFEXITED(status))
+		code = WEXITSTATUS(status);
+	else if (WIFSIGNALED(status))
+		sig = (uint32_t)WTERMSIG(status);
+	if (p->kind == K_WAIT_PORT && p->id) {
+		if (code == 0)
+			reply_ok(p->id);
+		else
+			reply_error(p->id, "timeout", "nothing accepted a connection on 127.0.0.1:%u within %u ms",
+				    p->port, p->timeout_ms);
+	} else if (p->id) {
+		msg_begin(p->id, p->kind == K_APP ? MSG_APP_EXIT : MSG_EXIT);
+		msg_i32(code);
+		msg_u32(sig);
+		msg_send();
+	}
+	if (p == app) {
+		app = NULL;
+		/* A stop ends the whole group, also what the app left behind. */
+		if (stop.stopping)
+			kill(-p->pid, SIGKILL);
+		for (int i = 0; i < stop.n; i++) {
+			msg_begin(stop.ids[i], MSG_OK);
+			msg_i32(code);
+			msg_u32(sig);
+			msg_send();
+		}
+		memset(&stop, 0, sizeof stop);
+	}
+	p->used = false;
+}
+
+void procs_reap(void)
+{
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid <= 0)
+			return;
+		/* Orphans re-parented to PID 1 are simply reaped. */
+		for (int i = 0; i < MAX_PROCS; i++)
+			if (procs[i].used && procs[i].pid == pid) {
+				finish(&procs[i], status);
+				break;
+			}
+	}
+}
+
+int64_t procs_next_deadline(void)
+{
+	int64_t d = -1;
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i].used && procs[i].deadline && (d < 0 || procs[i].deadline < d))
+			d = procs[i].deadline;
+	if (app && stop.deadline && (d < 0 || stop.deadline < d))
+		d = stop.deadline;
+	return d;
+}
+
+void procs_on_deadlines(int64_t now)
+{
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i].used && procs[i].deadline && now >= procs[i].deadline) {
+			kill(-procs[i].pid, SIGKILL);
+			procs[i].deadline = 0;
+		}
+	if (app && stop.deadline && now >= stop.deadline) {
+		kill(-app->pid, SIGKILL);
+		stop.deadline = 0;
+	}
+}
+
+void procs_forget_connection(void)
+{
+	for (int i = 0; i < MAX_PROCS; i++) {
+		struct proc *p = &procs[i];
+		if (!p->used)
+			continue;
+		/* Nobody waits for these any more. The app keeps running, its output discarded. */
+		if (p->kind == K_EXEC && p->id)
+			kill(-p->pid, SIGKILL);
+		else if (p->kind == K_WAIT_PORT)
+			kill(p->pid, SIGKILL);
+		p->id = 0;
+	}
+	stop.n = 0;
+}
+
+/* ---------------------------------------------------------------- shutdown */
+
+static void discard_output(void)
+{
+	static uint8_t scratch[4096];
+	for (int i = 0; i < MAX_PROCS; i++)
+		for (int j = 0; j < 2 && procs[i].used; j++)
+			while (procs[i].fds[j] >= 0 && read(procs[i].fds[j], scratch, sizeof scratch) > 0) {
+			}
+}
+
+_Noreturn void procs_shutdown(void)
+{
+	agent_log("shutting down");
+	if (app) {
+		/* The app gets SIGTERM and a grace period; its output is read (and dropped) meanwhile
+		 * so that it never blocks on a full pipe. */
+		kill(-app->pid, SIGTERM);
+		int64_t deadline = monotonic_ms() + SHUTDOWN_GRACE_MS;
+		while (waitpid(app->pid, NULL, WNOHANG) == 0 && monotonic_ms() < deadline) {
+			discard_output();
+			sleep_ms(10);
+		}
+	}
+	kill(-1, SIGKILL);
+	int64_t deadline = monotonic_ms() + 1000;
+	while (waitpid(-1, NULL, WNOHANG) >= 0 && monotonic_ms() < deadline)
+		sleep_ms(5);
+	sync();
+	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
+		agent_log("remount / read-only: %s", strerror(errno));
+	sync();
+	reboot(RB_AUTOBOOT);
+	agent_fatal("reboot: %s", strerror(errno));
+}

@@ -1,0 +1,39 @@
+/**
+ * One registry of error codes. Clients branch on `code`, never on the message; the HTTP status and
+ * CLI exit code of each code are decided here and nowhere else.
+ */
+export const errorCodes = {
+  'internal': { httpStatus: 500, exitCode: 1 },
+  'config.invalid': { httpStatus: 400, exitCode: 2 },
+  'host.missing_dependency': { httpStatus: 500, exitCode: 3 },
+  'vmm.start_failed': { httpStatus: 500, exitCode: 4 },
+  'vmm.exited': { httpStatus: 500, exitCode: 4 },
+  'vmm.timeout': { httpStatus: 504, exitCode: 4 },
+  'vmm.qmp_error': { httpStatus: 500, exitCode: 4 },
+  'vmm.snapshot_failed': { httpStatus: 500, exitCode: 4 },
+  'vmm.restore_failed': { httpStatus: 500, exitCode: 4 },
+  'vmm.incompatible_snapshot': { httpStatus: 409, exitCode: 4 },
+  'vm.invalid_state': { httpStatus: 409, exitCode: 5 },
+  'guest.protocol_violation': { httpStatus: 502, exitCode: 6 },
+  'guest.disconnected': { httpStatus: 502, exitCode: 6 },
+  'guest.timeout': { httpStatus: 504, exitCode: 6 },
+  'guest.request_failed': { httpStatus: 502, exitCode: 6 },
+} as const satisfies Record<string, { httpStatus: number; exitCode: number }>;
+
+export type ErrorCode = keyof typeof errorCodes;
+
+export class AppError extends Error {
+  override readonly name = 'AppError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function isAppError(error: unknown, code?: ErrorCode): error is AppError {
+  return error instanceof AppError && (code === undefined || error.code === code);
+}

@@ -1,0 +1,61 @@
+/** Where each VM's and each snapshot's files live. Pure: path layout only, no I/O. */
+import path from 'node:path';
+
+/** Linux caps unix socket paths (sun_path) at 107 bytes plus a NUL. */
+const MAX_SOCKET_PATH = 107;
+/** QEMU's `exec:` migration URIs run through /bin/sh, so paths put into them must be plain. */
+const SHELL_SAFE_PATH = /^[A-Za-z0-9_./-]+$/;
+
+export interface VmPaths {
+  dir: string;
+  qmpSocket: string;
+  agentSocket: string;
+  serialLog: string;
+  qemuStderr: string;
+  pidFile: string;
+  disk: string;
+  /** RAM file of a VM that will become a template (memory-backend-file, share=on). */
+  templateRam: string;
+  /** Full saved state of a suspended VM (zstd-compressed migration stream). */
+  suspendedState: string;
+  machine: string;
+}
+
+export function vmPaths(dir: string): VmPaths {
+  const abs = path.resolve(dir);
+  const paths: VmPaths = {
+    dir: abs,
+    qmpSocket: path.join(abs, 'qmp.sock'),
+    agentSocket: path.join(abs, 'agent.sock'),
+    serialLog: path.join(abs, 'serial.log'),
+    qemuStderr: path.join(abs, 'qemu.stderr'),
+    pidFile: path.join(abs, 'qemu.pid'),
+    disk: path.join(abs, 'disk.qcow2'),
+    templateRam: path.join(abs, 'ram'),
+    suspendedState: path.join(abs, 'state.zst'),
+    machine: path.join(abs, 'machine.json'),
+  };
+  for (const socket of [paths.qmpSocket, paths.agentSocket]) {
+    if (socket.length > MAX_SOCKET_PATH) {
+      throw new RangeError(`VM directory ${abs} is too long: socket path ${socket} exceeds ${MAX_SOCKET_PATH} bytes`);
+    }
+  }
+  if (!SHELL_SAFE_PATH.test(abs)) {
+    throw new RangeError(`VM directory ${abs} may only contain letters, digits and _ . / -`);
+  }
+  return paths;
+}
+
+export interface TemplatePaths {
+  dir: string;
+  ram: string;
+  deviceState: string;
+  disk: string;
+  meta: string;
+}
+
+/** A template snapshot is the build VM's directory after its device state has been saved. */
+export function templatePaths(dir: string): TemplatePaths {
+  const vm = vmPaths(dir);
+  return { dir: vm.dir, ram: vm.templateRam, deviceState: path.join(vm.dir, 'devices.state'), disk: vm.disk, meta: path.join(vm.dir, 'template.json') };
+}

@@ -1,0 +1,290 @@
+/**
+ * QEMU implementation of the VM driver: cold boot, template snapshot, copy-on-write launch,
+ * suspend and resume. Snapshots are QEMU migration streams written through `exec:` URIs.
+ */
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { AppError } from '../../errors/errors.ts';
+import { AgentClient } from '../../guest/client.ts';
+import { fsyncPath, renameDurably, writeFileAtomic } from '../../host/files.ts';
+import { templatePaths, vmPaths, type VmPaths } from '../../host/paths.ts';
+import { run } from '../../host/run.ts';
+import { freeLoopbackPort } from '../../host/sockets.ts';
+import type {
+  BootSpec, GuestArtifacts, OperationOptions, RunningVm, SuspendedVm, TemplateSnapshot, VmDriver,
+} from '../driver.ts';
+import { kernelCmdline, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
+import { QemuProcess, QEMU_BINARY } from './process.ts';
+import { QmpClient } from './qmp.ts';
+
+const DEFAULT_TIMEOUT_MS = 120_000;
+/** QEMU's default migration bandwidth cap (128 MiB/s) makes a local save 6x slower. */
+const UNLIMITED_BANDWIDTH = 64 * 1024 ** 3;
+
+/** What a VM's directory records so that a suspended VM can be started again identically. */
+interface MachineRecord {
+  machine: MachineConfig;
+  guestPorts: number[];
+  qemuVersion: string;
+}
+
+class QemuVm implements RunningVm {
+  constructor(
+    readonly paths: VmPaths,
+    readonly process: QemuProcess,
+    readonly qmp: QmpClient,
+    readonly agent: AgentClient,
+    readonly forwards: HostForward[],
+    readonly record: MachineRecord,
+  ) {}
+
+  get dir(): string { return this.paths.dir; }
+  get pid(): number { return this.process.pid; }
+  get accelerator(): Accelerator { return this.record.machine.accelerator; }
+  get serialLog(): string { return this.paths.serialLog; }
+
+  hostPort(guestPort: number): number {
+    const forward = this.forwards.find((f) => f.guestPort === guestPort);
+    if (!forward) throw new RangeError(`guest port ${guestPort} is not forwarded`);
+    return forward.hostPort;
+  }
+}
+
+export class QemuDriver implements VmDriver {
+  private constructor(
+    readonly accelerator: Accelerator,
+    private readonly artifacts: GuestArtifacts,
+    readonly qemuVersion: string,
+    private readonly tscKhz: number | undefined,
+  ) {}
+
+  static async create(options: { accelerator: Accelerator; artifacts: GuestArtifacts }): Promise<QemuDriver> {
+    const version = (await run(QEMU_BINARY, ['--version'])).split('\n')[0]!.trim();
+    const tscKhz = tscKhzFromCpuinfo(readFileSync('/proc/cpuinfo', 'utf8'));
+    return new QemuDriver(options.accelerator, options.artifacts, version, tscKhz);
+  }
+
+  async boot(spec: BootSpec, options: OperationOptions = {}): Promise<RunningVm> {
+    const paths = vmPaths(spec.dir);
+    await mkdir(paths.dir, { recursive: true });
+    // The VM owns a full copy of its root disk, so a template never depends on a rebuildable file.
+    await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', spec.rootfsPath, paths.disk]);
+    const record: MachineRecord = {
+      machine: {
+        accelerator: this.accelerator,
+        memoryMiB: spec.memoryMiB,
+        vcpus: spec.vcpus,
+        kernelPath: this.artifacts.kernelPath,
+        initramfsPath: this.artifacts.initramfsPath,
+        kernelCmdline: kernelCmdline({ tscKhz: this.tscKhz, hostname: spec.hostname }),
+      },
+      guestPorts: spec.guestPorts,
+      qemuVersion: this.qemuVersion,
+    };
+    await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
+    const ram: RamBacking = spec.templateSource ? { kind: 'template-source', path: paths.templateRam } : { kind: 'anonymous' };
+    return this.start(paths, record, ram, undefined, options);
+  }
+
+  async pause(vm: RunningVm): Promise<void> {
+    await asQemuVm(vm).qmp.execute('stop');
+  }
+
+  async cont(vm: RunningVm): Promise<void> {
+    await asQemuVm(vm).qmp.execute('cont');
+  }
+
+  async snapshotTemplate(running: RunningVm, options: OperationOptions = {}): Promise<TemplateSnapshot> {
+    const vm = asQemuVm(running);
+    const paths = templatePaths(vm.dir);
+    const temp = `${paths.deviceState}.tmp`;
+    await vm.agent.sync();
+    // RAM stays in the shared file (x-ignore-shared); the stream holds only device state.
+    await this.saveState(vm, `exec:cat > ${temp}`, true, options);
+    await this.stopProcess(vm);
+    await Promise.all([fsyncPath(paths.ram), fsyncPath(paths.disk)]);
+    await renameDurably(temp, paths.deviceState);
+    const { machine } = vm.record;
+    const template: TemplateSnapshot = {
+      dir: paths.dir,
+      memoryMiB: machine.memoryMiB,
+      vcpus: machine.vcpus,
+      guestPorts: vm.record.guestPorts,
+      hostname: /cocoon\.hostname=(\S+)/.exec(machine.kernelCmdline)?.[1] ?? '',
+      qemuVersion: this.qemuVersion,
+      accelerator: machine.accelerator,
+      kernelCmdline: machine.kernelCmdline,
+      kernelPath: machine.kernelPath,
+      initramfsPath: machine.initramfsPath,
+      deviceStateBytes: (await stat(paths.deviceState)).size,
+    };
+    await writeFileAtomic(paths.meta, JSON.stringify(template, null, 2));
+    return template;
+  }
+
+  async launch(template: TemplateSnapshot, dir: string, options: OperationOptions = {}): Promise<RunningVm> {
+    this.checkCompatible(template.qemuVersion, template.accelerator, template.dir);
+    const source = templatePaths(template.dir);
+    const paths = vmPaths(dir);
+    await mkdir(paths.dir, { recursive: true });
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', source.disk, '-F', 'qcow2', paths.disk]);
+    const record: MachineRecord = {
+      machine: {
+        accelerator: template.accelerator,
+        memoryMiB: template.memoryMiB,
+        vcpus: template.vcpus,
+        kernelPath: template.kernelPath,
+        initramfsPath: template.initramfsPath,
+        kernelCmdline: template.kernelCmdline,
+      },
+      guestPorts: template.guestPorts,
+      qemuVersion: template.qemuVersion,
+    };
+    await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
+    return this.start(paths, record, { kind: 'template-clone', path: source.ram },
+      { uri: `exec:cat ${source.deviceState}`, ignoreShared: true }, options);
+  }
+
+  async suspend(running: RunningVm, options: OperationOptions = {}): Promise<SuspendedVm> {
+    const vm = asQemuVm(running);
+    const temp = `${vm.paths.suspendedState}.tmp`;
+    try {
+      await this.saveState(vm, `exec:zstd -1 -q -c > ${temp}`, false, options);
+    } catch (error) {
+      await rm(temp, { force: true });
+      if (vm.process.running) await vm.qmp.execute('cont').catch(() => {});
+      throw error;
+    }
+    await this.stopProcess(vm);
+    await renameDurably(temp, vm.paths.suspendedState);
+    return { dir: vm.dir, stateBytes: (await stat(vm.paths.suspendedState)).size };
+  }
+
+  async resume(suspended: SuspendedVm, options: OperationOptions = {}): Promise<RunningVm> {
+    const paths = vmPaths(suspended.dir);
+    const record = JSON.parse(await readFile(paths.machine, 'utf8')) as MachineRecord;
+    this.checkCompatible(record.qemuVersion, record.machine.accelerator, paths.dir);
+    const vm = await this.start(paths, record, { kind: 'anonymous' },
+      { uri: `exec:zstd -dc ${paths.suspendedState}`, ignoreShared: false }, options);
+    // The running VM has diverged from the saved state: keeping it would invite resuming stale state.
+    await rm(paths.suspendedState, { force: true });
+    return vm;
+  }
+
+  async stop(running: RunningVm): Promise<void> {
+    const vm = asQemuVm(running);
+    vm.agent.close();
+    if (vm.process.running) await vm.qmp.execute('quit').catch(() => {});
+    await vm.process.waitOrKill(5000);
+    vm.qmp.close();
+    await removeRuntimeFiles(vm.paths);
+  }
+
+  private checkCompatible(qemuVersion: string, accelerator: Accelerator, dir: string): void {
+    if (qemuVersion !== this.qemuVersion || accelerator !== this.accelerator) {
+      throw new AppError('vmm.incompatible_snapshot',
+        `snapshot in ${dir} was made by "${qemuVersion}" with ${accelerator}; this host runs "${this.qemuVersion}" with ${this.accelerator}`,
+        { snapshotQemuVersion: qemuVersion, hostQemuVersion: this.qemuVersion });
+    }
+  }
+
+  private async start(
+    paths: VmPaths,
+    record: MachineRecord,
+    ram: RamBacking,
+    incoming: { uri: string; ignoreShared: boolean } | undefined,
+    options: OperationOptions,
+  ): Promise<QemuVm> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    await removeRuntimeFiles(paths);
+    const forwards = await Promise.all(record.guestPorts.map(async (guestPort) => ({ guestPort, hostPort: await freeLoopbackPort() })));
+    const argv = qemuArgv({
+      machine: record.machine, ram, diskPath: paths.disk, forwards,
+      qmpSocket: paths.qmpSocket, agentSocket: paths.agentSocket, serialLog: paths.serialLog, pidFile: paths.pidFile,
+      incoming: incoming !== undefined,
+    });
+    const proc = await QemuProcess.start(argv, { pidFile: paths.pidFile, stderrPath: paths.qemuStderr });
+    const died = proc.failOnExit(incoming ? 'restore' : 'boot');
+    died.catch(() => {});
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      const connectOptions = { timeoutMs, signal: options.signal };
+      qmp = await Promise.race([QmpClient.connect(paths.qmpSocket, connectOptions), died]);
+      // Connect to the agent before the restore, so the restored guest never sees its host side
+      // disconnected (that would cost it a reconnect wait).
+      const agentReady = AgentClient.connect(paths.agentSocket, connectOptions);
+      agentReady.catch(() => {});
+      if (incoming) {
+        await Promise.race([this.loadState(qmp, incoming.uri, incoming.ignoreShared, timeoutMs), died]);
+        await qmp.execute('cont');
+      }
+      agent = await Promise.race([agentReady, died]);
+      if (incoming) await Promise.race([agent.afterRestore(), died]);
+      return new QemuVm(paths, proc, qmp, agent, forwards, record);
+    } catch (error) {
+      agent?.close();
+      qmp?.close();
+      await proc.kill();
+      throw error;
+    }
+  }
+
+  private async loadState(qmp: QmpClient, uri: string, ignoreShared: boolean, timeoutMs: number): Promise<void> {
+    await setMigrationCapabilities(qmp, ignoreShared);
+    const done = waitForMigration(qmp, timeoutMs);
+    await qmp.execute('migrate-incoming', { uri });
+    const status = await done;
+    if (status !== 'completed') throw new AppError('vmm.restore_failed', `restore from ${uri} ended as ${status}`);
+  }
+
+  private async saveState(vm: QemuVm, uri: string, ignoreShared: boolean, options: OperationOptions): Promise<void> {
+    const died = vm.process.failOnExit('save');
+    died.catch(() => {});
+    const save = async (): Promise<void> => {
+      await vm.qmp.execute('stop');
+      await setMigrationCapabilities(vm.qmp, ignoreShared);
+      await vm.qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH });
+      const done = waitForMigration(vm.qmp, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+      await vm.qmp.execute('migrate', { uri });
+      const status = await done;
+      if (status !== 'completed') {
+        throw new AppError('vmm.snapshot_failed', `saving the VM in ${vm.dir} ended as ${status}: ${vm.process.stderrTail()}`);
+      }
+    };
+    await Promise.race([save(), died]);
+  }
+
+  private async stopProcess(vm: QemuVm): Promise<void> {
+    vm.agent.close();
+    await vm.qmp.execute('quit').catch(() => {});
+    await vm.process.waitOrKill(5000);
+    vm.qmp.close();
+    await removeRuntimeFiles(vm.paths);
+  }
+}
+
+function asQemuVm(vm: RunningVm): QemuVm {
+  if (!(vm instanceof QemuVm)) throw new TypeError('not a VM of this driver');
+  return vm;
+}
+
+async function setMigrationCapabilities(qmp: QmpClient, ignoreShared: boolean): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'events', state: true },
+      { capability: 'x-ignore-shared', state: ignoreShared },
+    ],
+  });
+}
+
+/** Resolves with the final migration status ('completed', 'failed' or 'cancelled'). */
+async function waitForMigration(qmp: QmpClient, timeoutMs: number): Promise<string> {
+  const final = new Set(['completed', 'failed', 'cancelled']);
+  const event = await qmp.waitForEvent((e) => e.event === 'MIGRATION' && final.has(String(e.data?.status)), timeoutMs);
+  return String(event.data!.status);
+}
+
+async function removeRuntimeFiles(paths: VmPaths): Promise<void> {
+  await Promise.all([paths.qmpSocket, paths.agentSocket, paths.pidFile].map((file) => rm(file, { force: true })));
+}
