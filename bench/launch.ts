@@ -91,14 +91,23 @@ async function rawRestore(template: TemplateSnapshot): Promise<number> {
     diskPath: path.join(dir, 'disk.qcow2'), forwards: [{ hostPort: port, guestPort: APP_PORT }],
     qmpSocket: path.join(dir, 'qmp.sock'), agentSocket: path.join(dir, 'agent.sock'), serialLog: path.join(dir, 'serial.log'), pidFile: path.join(dir, 'qemu.pid'),
     incoming: true,
-  }).filter((arg) => arg !== '-S'); // start running as soon as the stream is in
+  });
   const started = Date.now();
   const qemu = spawn(QEMU_BINARY, argv, { stdio: 'ignore' });
   try {
     const qmp = await connectRaw(path.join(dir, 'qmp.sock'));
+    // The template was saved paused, so the restored VM stays paused until `cont`.
+    const completed = new Promise<void>((resolve) => {
+      let seen = '';
+      qmp.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('"status": "completed"')) { qmp.write('{"execute":"cont"}\n'); resolve(); }
+      });
+    });
     qmp.write('{"execute":"qmp_capabilities"}\n');
-    qmp.write('{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"x-ignore-shared","state":true}]}}\n');
+    qmp.write('{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true},{"capability":"x-ignore-shared","state":true}]}}\n');
     qmp.write(`{"execute":"migrate-incoming","arguments":{"uri":"exec:cat ${path.join(template.dir, 'devices.state')}"}}\n`);
+    await completed;
     const ms = await untilAnswer(port, started);
     qmp.destroy();
     return ms;

@@ -143,9 +143,11 @@ static _Noreturn void serve(void)
 		int64_t deadline = procs_next_deadline();
 		if (!port_connected() && (deadline < 0 || deadline > now + RECONNECT_CHECK_MS))
 			deadline = now + RECONNECT_CHECK_MS;
-		int timeout = -1;
+		int timeout = -1; /* idle: block until something happens */
 		if (deadline >= 0)
-			timeout = deadline <= now ? 0 : deadline - now > INT_MAX ? INT_MAX : (int)(deadline - now);
+			timeout = deadline <= now               ? 0
+				  : deadline - now > INT_MAX ? INT_MAX
+							     : (int)(deadline - now);
 
 		if (poll(pfds, (nfds_t)n, timeout) < 0 && errno != EINTR) {
 			agent_log("poll: %s", strerror(errno));

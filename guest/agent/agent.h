@@ -7,6 +7,7 @@
  *   wire.c      the virtio-serial port: framing, connection state, sending
  *   requests.c  validates requests and runs the simple ones
  *   proc.c      children: EXEC, the app, WAIT_PORT helpers, reaping, deadlines
+ *   spawn.c     the child side of a spawn: credentials, fds, exec; the WAIT_PORT probe
  *   users.c     `user` strings -> uid/gid/groups from /etc/passwd and /etc/group
  *
  * The wire contract is guest/PROTOCOL.md. */
@@ -125,7 +126,7 @@ struct cred {
 /* "" = root; "uid", "uid:gid", "name", "name:group". Returns 0, or -1 with a message in err. */
 int resolve_user(const char *spec, struct cred *c, char *err, size_t errlen);
 
-/* ---- proc.c ---- */
+/* ---- proc.c, spawn.c ---- */
 struct spawn_req {
 	char **argv;
 	char **envp;
@@ -134,6 +135,19 @@ struct spawn_req {
 	const uint8_t *stdin_data;
 	size_t stdin_len;
 };
+/* spawn.c: the child side. A failure before exec is written to status_fd. */
+enum spawn_stage { ST_SETUP, ST_USER, ST_CWD, ST_EXEC };
+struct spawn_status {
+	int stage;
+	int err;
+};
+_Noreturn void exec_child(const struct spawn_req *r, const struct cred *c, int in, int out,
+			  int err, int status_fd);
+/* stdin for a child: /dev/null when empty, else a memfd holding all of it. */
+int stdin_fd(const struct spawn_req *r);
+/* Probes 127.0.0.1:port every 20 ms; exits 0 on a connect, 1 at the deadline (0 = none). */
+_Noreturn void wait_port_child(uint32_t port, uint32_t timeout_ms);
+
 void proc_exec(uint32_t id, const struct spawn_req *r, uint32_t timeout_ms);
 void proc_app_start(uint32_t id, const struct spawn_req *r);
 void proc_app_stop(uint32_t id, uint32_t grace_ms);

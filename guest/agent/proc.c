@@ -4,20 +4,14 @@
  * Every child is forked from the single-threaded loop. EXEC and app children start their own
  * session (so pgid = pid and timeouts/stops signal the whole group), get stdin/stdout/stderr and
  * no other fd, then exec. A CLOEXEC status pipe reports a failure before exec as ERROR spawn. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <limits.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,7 +20,6 @@
 #define MAX_PROCS 64
 #define MAX_STOP_WAITERS 8
 #define SHUTDOWN_GRACE_MS 3000
-#define WAIT_PORT_INTERVAL_MS 20
 
 enum kind { K_EXEC, K_APP, K_WAIT_PORT };
 
@@ -53,13 +46,6 @@ static struct {
 
 /* ---------------------------------------------------------------- spawning */
 
-enum stage { ST_SETUP, ST_USER, ST_CWD, ST_EXEC };
-
-struct spawn_status {
-	int stage;
-	int err;
-};
-
 static struct proc *free_slot(uint32_t id)
 {
 	for (int i = 0; i < MAX_PROCS; i++)
@@ -74,93 +60,6 @@ static void close_fd(int *fd)
 	if (*fd >= 0)
 		close(*fd);
 	*fd = -1;
-}
-
-/* execvpe, but searching the child's own PATH (execvpe uses the agent's). */
-static void exec_search(char *const argv[], char *const envp[])
-{
-	const char *file = argv[0];
-	if (!file[0]) {
-		errno = ENOENT;
-		return;
-	}
-	if (strchr(file, '/')) {
-		execve(file, argv, envp);
-		return;
-	}
-	const char *path = DEFAULT_PATH + 5;
-	for (char *const *e = envp; *e; e++)
-		if (strncmp(*e, "PATH=", 5) == 0) {
-			path = *e + 5;
-			break;
-		}
-	int err = ENOENT;
-	for (;;) {
-		const char *end = strchrnul(path, ':');
-		char full[PATH_MAX];
-		int n = snprintf(full, sizeof full, "%.*s/%s", end == path ? 1 : (int)(end - path),
-				 end == path ? "." : path, file);
-		if (n > 0 && (size_t)n < sizeof full) {
-			execve(full, argv, envp);
-			if (errno == EACCES)
-				err = EACCES;
-			else if (errno != ENOENT && errno != ENOTDIR)
-				return;
-		}
-		if (!*end)
-			break;
-		path = end + 1;
-	}
-	errno = err;
-}
-
-static _Noreturn void exec_child(const struct spawn_req *r, const struct cred *c, int in, int out,
-				 int err, int status_fd)
-{
-	restore_child_signals();
-	int stage = ST_SETUP;
-	if (setsid() < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
-		goto fail;
-	/* Every agent fd is O_CLOEXEC already; this makes sure of it (the port above all). */
-	fds_from(3, false);
-	stage = ST_USER;
-	if (setgroups((size_t)c->ngroups, c->groups) < 0 || setgid(c->gid) < 0 || setuid(c->uid) < 0)
-		goto fail;
-	stage = ST_CWD;
-	if (chdir(r->cwd) < 0)
-		goto fail;
-	stage = ST_EXEC;
-	exec_search(r->argv, r->envp);
-fail:;
-	struct spawn_status st = {stage, errno};
-	if (write(status_fd, &st, sizeof st) < 0) {
-	}
-	_exit(127);
-}
-
-static int stdin_fd(const struct spawn_req *r)
-{
-	if (r->stdin_len == 0)
-		return open("/dev/null", O_RDONLY | O_CLOEXEC);
-	/* A memfd holds all of stdin at once: nothing to feed from the loop, nothing to block on. */
-	int fd = memfd_create("cocoon-stdin", MFD_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	for (size_t off = 0; off < r->stdin_len;) {
-		ssize_t n = write(fd, r->stdin_data + off, r->stdin_len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			close(fd);
-			return -1;
-		}
-		off += (size_t)n;
-	}
-	if (lseek(fd, 0, SEEK_SET) < 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
 }
 
 /* Starts an EXEC or app child; on failure replies (spawn, busy) and returns NULL. */
@@ -194,11 +93,17 @@ static struct proc *spawn(uint32_t id, const struct spawn_req *r, enum kind kind
 		do
 			n = read(st[0], &ss, sizeof ss);
 		while (n < 0 && errno == EINTR);
-		if (n == sizeof ss)
+		if (n != 0) {
+			/* It failed (or cannot tell us): it must not run unaccounted for. */
+			if (n != sizeof ss)
+				kill(pid, SIGKILL);
 			waitpid(pid, NULL, 0);
+		}
 	}
 	close_fd(&st[0]);
 	if (n != 0) {
+		if (n != sizeof ss || ss.stage < ST_SETUP || ss.stage > ST_EXEC)
+			ss = (struct spawn_status){ST_SETUP, EIO};
 		close_fd(&out[0]);
 		close_fd(&err[0]);
 		const char *what = ss.stage == ST_EXEC ? r->argv[0]
@@ -206,8 +111,7 @@ static struct proc *spawn(uint32_t id, const struct spawn_req *r, enum kind kind
 				   : ss.stage == ST_USER ? (r->user[0] ? r->user : "root")
 							 : "setup";
 		static const char *const stages[] = {"prepare", "switch to user", "chdir to", "exec"};
-		reply_error(id, "spawn", "%s %s: %s", stages[ss.stage], what,
-			    strerror(n == sizeof ss ? ss.err : EIO));
+		reply_error(id, "spawn", "%s %s: %s", stages[ss.stage], what, strerror(ss.err));
 		return NULL;
 	}
 	fcntl(out[0], F_SETFL, O_NONBLOCK);
@@ -266,46 +170,6 @@ void proc_app_stop(uint32_t id, uint32_t grace_ms)
 }
 
 /* ---------------------------------------------------------------- WAIT_PORT */
-
-static bool try_connect(const struct sockaddr_in *sa, int64_t left_ms)
-{
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return false;
-	int r = connect(s, (const struct sockaddr *)sa, sizeof *sa);
-	if (r < 0 && errno == EINPROGRESS) {
-		struct pollfd pf = {.fd = s, .events = POLLOUT};
-		int e = -1;
-		socklen_t elen = sizeof e;
-		int wait = left_ms > 1000 ? 1000 : left_ms < 0 ? 0 : (int)left_ms;
-		if (poll(&pf, 1, wait) == 1)
-			getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &elen);
-		r = e == 0 ? 0 : -1;
-	}
-	close(s);
-	return r == 0;
-}
-
-/* The helper process: probes every 20 ms, exits 0 on a connect, 1 at the deadline. */
-static _Noreturn void wait_port_child(uint32_t port, uint32_t timeout_ms)
-{
-	fds_from(0, true);
-	restore_child_signals();
-	struct sockaddr_in sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	int64_t deadline = timeout_ms ? monotonic_ms() + timeout_ms : INT64_MAX;
-	for (;;) {
-		if (try_connect(&sa, deadline - monotonic_ms()))
-			_exit(0);
-		int64_t left = deadline - monotonic_ms();
-		if (left <= 0)
-			_exit(1);
-		sleep_ms(left < WAIT_PORT_INTERVAL_MS ? (unsigned)left : WAIT_PORT_INTERVAL_MS);
-	}
-}
 
 void proc_wait_port(uint32_t id, uint32_t port, uint32_t timeout_ms)
 {

@@ -239,8 +239,10 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
 
   /** Run after every restore: the guest clock is stale by the time spent saved and clones share RNG state. */
   async afterRestore(): Promise<void> {
-    await this.simple(RequestType.SET_CLOCK, [item.u64(BigInt(Date.now()) * 1_000_000n)], 0);
-    await this.simple(RequestType.ADD_ENTROPY, [randomBytes(64)], 0);
+    await Promise.all([
+      this.simple(RequestType.SET_CLOCK, [item.u64(BigInt(Date.now()) * 1_000_000n)], 0),
+      this.simple(RequestType.ADD_ENTROPY, [randomBytes(64)], 0),
+    ]);
   }
 
   async sync(): Promise<void> {

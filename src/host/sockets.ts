@@ -3,7 +3,8 @@ import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError } from '../errors/errors.ts';
 
-const RETRY_INTERVAL_MS = 10;
+/** QEMU creates its sockets ~30–40 ms after it starts; a short interval keeps launches fast. */
+const RETRY_INTERVAL_MS = 2;
 
 /** Connects to a unix socket that may not exist yet (QEMU creates it while starting). */
 export async function connectWithRetry(path: string, options: { timeoutMs: number; signal?: AbortSignal | undefined }): Promise<net.Socket> {

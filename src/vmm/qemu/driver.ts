@@ -127,7 +127,6 @@ export class QemuDriver implements VmDriver {
     const source = templatePaths(template.dir);
     const paths = vmPaths(dir);
     await mkdir(paths.dir, { recursive: true });
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', source.disk, '-F', 'qcow2', paths.disk]);
     const record: MachineRecord = {
       machine: {
         accelerator: template.accelerator,
@@ -140,7 +139,10 @@ export class QemuDriver implements VmDriver {
       guestPorts: template.guestPorts,
       qemuVersion: template.qemuVersion,
     };
-    await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
+    await Promise.all([
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', source.disk, '-F', 'qcow2', paths.disk]),
+      writeFileAtomic(paths.machine, JSON.stringify(record, null, 2)),
+    ]);
     return this.start(paths, record, { kind: 'template-clone', path: source.ram },
       { uri: `exec:cat ${source.deviceState}`, ignoreShared: true }, options);
   }
