@@ -20,7 +20,7 @@ const APP_PORT = 8080;
 const { values } = parseArgs({
   options: {
     'memory-mib': { type: 'string', default: '256' },
-    runs: { type: 'string', default: '3' },
+    runs: { type: 'string', default: '5' },
     clones: { type: 'string', default: '10' },
   },
 });
@@ -193,5 +193,6 @@ try {
   }));
 } finally {
   await Promise.all([...live].map((vm) => driver.stop(vm)));
+  await driver.idle();
   await rm(workDir, { recursive: true, force: true });
 }

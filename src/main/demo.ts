@@ -82,6 +82,7 @@ try {
   if (process.stdin.isTTY) await new Promise((resolve) => process.stdin.once('data', resolve));
 } finally {
   await stopAll();
+  await engine.driver.idle();
   await rm(workDir, { recursive: true, force: true });
   process.stdin.pause();
   say('all VMs stopped');

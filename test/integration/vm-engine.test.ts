@@ -65,6 +65,7 @@ before(async () => {
 after(async () => {
   // Every VM a test started is stopped here even when the test failed, by its recorded pid.
   await Promise.all([...running].map((vm) => engine.driver.stop(vm).catch(() => process.kill(vm.pid, 'SIGKILL'))));
+  await engine.driver.idle();
   await rm(workDir, { recursive: true, force: true });
 });
 

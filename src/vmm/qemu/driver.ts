@@ -15,6 +15,7 @@ import type {
 } from '../driver.ts';
 import { kernelCmdline, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
 import { QemuProcess, QEMU_BINARY } from './process.ts';
+import { OverlayPool } from './overlays.ts';
 import { QmpClient } from './qmp.ts';
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -57,6 +58,13 @@ export class QemuDriver implements VmDriver {
     readonly qemuVersion: string,
     private readonly tscKhz: number | undefined,
   ) {}
+
+  private readonly overlays = new OverlayPool();
+
+  /** Resolves when background work (overlay refills) is done. */
+  async idle(): Promise<void> {
+    await this.overlays.idle();
+  }
 
   static async create(options: { accelerator: Accelerator; artifacts: GuestArtifacts }): Promise<QemuDriver> {
     const version = (await run(QEMU_BINARY, ['--version'])).split('\n')[0]!.trim();
@@ -140,7 +148,7 @@ export class QemuDriver implements VmDriver {
       qemuVersion: template.qemuVersion,
     };
     await Promise.all([
-      run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', source.disk, '-F', 'qcow2', paths.disk]),
+      this.overlays.take(source.disk, paths.disk),
       writeFileAtomic(paths.machine, JSON.stringify(record, null, 2)),
     ]);
     return this.start(paths, record, { kind: 'template-clone', path: source.ram },
