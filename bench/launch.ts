@@ -54,7 +54,7 @@ async function stop(vm: RunningVm): Promise<void> {
 
 async function coldBoot(): Promise<number> {
   const started = Date.now();
-  const vm = await driver.boot({ dir: dirFor('cold'), rootfsPath: engine.artifacts.rootfs.tiny, hostname: 'bench', memoryMiB, vcpus: 1, guestPorts: [APP_PORT], templateSource: false });
+  const vm = await driver.boot({ dir: dirFor('cold'), rootDisk: { kind: 'copy', rootfsPath: engine.artifacts.rootfs.tiny }, hostname: 'bench', memoryMiB, vcpus: 1, guestPorts: [APP_PORT], templateSource: false });
   live.add(vm);
   await vm.agent.startApp({ argv: ['/usr/local/bin/cocoon-testapp', String(APP_PORT)] });
   const ms = await untilAnswer(vm.hostPort(APP_PORT), started);
@@ -63,7 +63,7 @@ async function coldBoot(): Promise<number> {
 }
 
 async function makeTemplate(): Promise<TemplateSnapshot> {
-  const vm = await driver.boot({ dir: dirFor('template'), rootfsPath: engine.artifacts.rootfs.tiny, hostname: 'bench', memoryMiB, vcpus: 1, guestPorts: [APP_PORT], templateSource: true });
+  const vm = await driver.boot({ dir: dirFor('template'), rootDisk: { kind: 'copy', rootfsPath: engine.artifacts.rootfs.tiny }, hostname: 'bench', memoryMiB, vcpus: 1, guestPorts: [APP_PORT], templateSource: true });
   await vm.agent.startApp({ argv: ['/usr/local/bin/cocoon-testapp', String(APP_PORT)] });
   await vm.agent.waitPort(APP_PORT, 60_000);
   return driver.snapshotTemplate(vm);

@@ -40,10 +40,13 @@ export function vmPaths(dir: string): VmPaths {
       throw new RangeError(`VM directory ${abs} is too long: socket path ${socket} exceeds ${MAX_SOCKET_PATH} bytes`);
     }
   }
-  if (!SHELL_SAFE_PATH.test(abs)) {
-    throw new RangeError(`VM directory ${abs} may only contain letters, digits and _ . / -`);
-  }
+  assertShellSafe(abs);
   return paths;
+}
+
+/** Paths that end up in QEMU `exec:`/`cmd:` strings (run by /bin/sh) must be plain. */
+export function assertShellSafe(file: string): void {
+  if (!SHELL_SAFE_PATH.test(file)) throw new RangeError(`${file} may only contain letters, digits and _ . / -`);
 }
 
 export interface TemplatePaths {

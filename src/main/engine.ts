@@ -44,7 +44,7 @@ async function probeBoot(driver: QemuDriver, rootfsPath: string): Promise<boolea
   const dir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-kvm-probe-'));
   try {
     const vm = await driver.boot(
-      { dir, rootfsPath, hostname: 'kvm-probe', memoryMiB: 128, vcpus: 1, guestPorts: [], templateSource: false },
+      { dir, rootDisk: { kind: 'copy', rootfsPath }, hostname: 'kvm-probe', memoryMiB: 128, vcpus: 1, guestPorts: [], templateSource: false },
       { timeoutMs: KVM_PROBE_TIMEOUT_MS },
     );
     await driver.stop(vm);

@@ -22,12 +22,22 @@ export interface VmShape {
 export interface BootSpec extends VmShape {
   /** The VM's own directory: sockets, pid file, logs, disk overlay, saved state. */
   dir: string;
-  /** Root filesystem image (raw ext4); the VM gets its own qcow2 copy of it. */
-  rootfsPath: string;
+  rootDisk: RootDisk;
   hostname: string;
+  /** Unix socket of an egress proxy (guest sees it at 10.0.2.100:3128); without it nothing leaves. */
+  egressSocket?: string;
   /** Boot with RAM in a shared file so that the VM can become a template snapshot. */
   templateSource: boolean;
 }
+
+/**
+ * `copy`: the VM gets its own qcow2 copy of a raw rootfs image (a template never depends on a
+ * rebuildable file). `overlay`: a new qcow2 overlay on a read-only layer (image builds).
+ */
+export type RootDisk =
+  | { kind: 'copy'; rootfsPath: string }
+  /** `activePath`: where the overlay goes (default: the VM's disk.qcow2), e.g. a build layer's file. */
+  | { kind: 'overlay'; backingPath: string; activePath?: string };
 
 export interface RunningVm {
   readonly dir: string;
@@ -70,6 +80,11 @@ export interface VmDriver {
   snapshotTemplate(vm: RunningVm, options?: OperationOptions): Promise<TemplateSnapshot>;
   /** Restores a new VM from a template: private copy-on-write RAM and its own disk overlay. */
   launch(template: TemplateSnapshot, dir: string, options?: OperationOptions): Promise<RunningVm>;
+  /**
+   * Makes the VM's current disk file read-only and continues on a new overlay at `nextActivePath`
+   * (a layer of an image build). Returns the frozen file's path. Sync the guest first.
+   */
+  freezeDisk(vm: RunningVm, nextActivePath: string): Promise<string>;
   suspend(vm: RunningVm, options?: OperationOptions): Promise<SuspendedVm>;
   resume(suspended: SuspendedVm, options?: OperationOptions): Promise<RunningVm>;
   stop(vm: RunningVm): Promise<void>;

@@ -25,7 +25,7 @@ const running = new Set<RunningVm>();
 
 async function boot(name: string, templateSource = false): Promise<RunningVm> {
   const vm = await engine.driver.boot({
-    dir: path.join(workDir, name), rootfsPath: engine.artifacts.rootfs.tiny, hostname: name,
+    dir: path.join(workDir, name), rootDisk: { kind: 'copy', rootfsPath: engine.artifacts.rootfs.tiny }, hostname: name,
     memoryMiB: MEMORY_MIB, vcpus: 1, guestPorts: [APP_PORT], templateSource,
   });
   running.add(vm);

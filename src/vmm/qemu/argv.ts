@@ -2,6 +2,8 @@
  * Pure builder of QEMU command lines. Launch and resume restore migration streams, which only load
  * into an identical device configuration: every device, id and order comes from this one function.
  */
+import { assertShellSafe } from '../../host/paths.ts';
+
 export type Accelerator = 'kvm' | 'tcg';
 
 export type RamBacking =
@@ -24,7 +26,12 @@ export interface MachineConfig {
   kernelPath: string;
   initramfsPath: string;
   kernelCmdline: string;
+  /** Host unix socket of the egress proxy; each guest connection to EGRESS_PROXY gets its own `socat`. */
+  egressSocket?: string;
 }
+
+/** Where the guest reaches the egress proxy (set as http_proxy for build steps). */
+export const EGRESS_PROXY = { address: '10.0.2.100', port: 3128 } as const;
 
 export interface QemuLaunch {
   machine: MachineConfig;
@@ -47,6 +54,10 @@ export function qemuArgv(launch: QemuLaunch): string[] {
     ? ['-accel', 'kvm', '-cpu', 'host']
     : ['-accel', machine.vcpus > 1 ? 'tcg,thread=multi' : 'tcg', '-cpu', 'max'];
   const forwards = launch.forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
+  if (machine.egressSocket) assertShellSafe(machine.egressSocket);
+  const egress = machine.egressSocket
+    ? `,guestfwd=tcp:${EGRESS_PROXY.address}:${EGRESS_PROXY.port}-cmd:socat - UNIX-CONNECT:${machine.egressSocket}`
+    : '';
   return [
     '-name', 'cocoon',
     '-M', 'microvm,rtc=on,memory-backend=mem',
@@ -64,7 +75,7 @@ export function qemuArgv(launch: QemuLaunch): string[] {
     '-device', 'virtio-blk-device,drive=root',
     // restrict=on: the guest cannot open connections out of user-mode networking (10.0.2.2 would
     // be the host's loopback); hostfwd still lets the host reach the guest's ports.
-    '-netdev', `user,id=net0,restrict=on${forwards}`,
+    '-netdev', `user,id=net0,restrict=on${forwards}${egress}`,
     '-device', 'virtio-net-device,netdev=net0',
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent0,path=${launch.agentSocket},server=on,wait=off`,

@@ -37,7 +37,12 @@ class QemuVm implements RunningVm {
     readonly agent: AgentClient,
     readonly forwards: HostForward[],
     readonly record: MachineRecord,
-  ) {}
+  ) {
+    this.activeDisk = paths.disk;
+  }
+
+  /** The qcow2 file the guest writes to now (changes with `freezeDisk`). */
+  activeDisk: string;
 
   get dir(): string { return this.paths.dir; }
   get pid(): number { return this.process.pid; }
@@ -75,8 +80,10 @@ export class QemuDriver implements VmDriver {
   async boot(spec: BootSpec, options: OperationOptions = {}): Promise<RunningVm> {
     const paths = vmPaths(spec.dir);
     await mkdir(paths.dir, { recursive: true });
-    // The VM owns a full copy of its root disk, so a template never depends on a rebuildable file.
-    await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', spec.rootfsPath, paths.disk]);
+    const diskPath = (spec.rootDisk.kind === 'overlay' && spec.rootDisk.activePath) || paths.disk;
+    await (spec.rootDisk.kind === 'copy'
+      ? run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', spec.rootDisk.rootfsPath, diskPath])
+      : run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', spec.rootDisk.backingPath, '-F', 'qcow2', diskPath]));
     const record: MachineRecord = {
       machine: {
         accelerator: this.accelerator,
@@ -85,13 +92,14 @@ export class QemuDriver implements VmDriver {
         kernelPath: this.artifacts.kernelPath,
         initramfsPath: this.artifacts.initramfsPath,
         kernelCmdline: kernelCmdline({ tscKhz: this.tscKhz, hostname: spec.hostname }),
+        ...(spec.egressSocket ? { egressSocket: spec.egressSocket } : {}),
       },
       guestPorts: spec.guestPorts,
       qemuVersion: this.qemuVersion,
     };
     await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
     const ram: RamBacking = spec.templateSource ? { kind: 'template-source', path: paths.templateRam } : { kind: 'anonymous' };
-    return this.start(paths, record, ram, undefined, options);
+    return this.start(paths, record, ram, undefined, options, diskPath);
   }
 
   async pause(vm: RunningVm): Promise<void> {
@@ -102,10 +110,20 @@ export class QemuDriver implements VmDriver {
     await asQemuVm(vm).qmp.execute('cont');
   }
 
+  async freezeDisk(running: RunningVm, nextActivePath: string): Promise<string> {
+    const vm = asQemuVm(running);
+    const frozen = vm.activeDisk;
+    await vm.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': nextActivePath, format: 'qcow2' });
+    vm.activeDisk = nextActivePath;
+    await fsyncPath(frozen);
+    return frozen;
+  }
+
   async snapshotTemplate(running: RunningVm, options: OperationOptions = {}): Promise<TemplateSnapshot> {
     const vm = asQemuVm(running);
     const paths = templatePaths(vm.dir);
     const temp = `${paths.deviceState}.tmp`;
+    if (vm.activeDisk !== paths.disk) throw new Error('a template must write to its own disk.qcow2; freeze layers into other files');
     await vm.agent.sync();
     // RAM stays in the shared file (x-ignore-shared); the stream holds only device state.
     await this.saveState(vm, `exec:cat > ${temp}`, true, options);
@@ -204,12 +222,13 @@ export class QemuDriver implements VmDriver {
     ram: RamBacking,
     incoming: { uri: string; ignoreShared: boolean } | undefined,
     options: OperationOptions,
+    diskPath = paths.disk,
   ): Promise<QemuVm> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     await removeRuntimeFiles(paths);
     const forwards = await Promise.all(record.guestPorts.map(async (guestPort) => ({ guestPort, hostPort: await freeLoopbackPort() })));
     const argv = qemuArgv({
-      machine: record.machine, ram, diskPath: paths.disk, forwards,
+      machine: record.machine, ram, diskPath, forwards,
       qmpSocket: paths.qmpSocket, agentSocket: paths.agentSocket, serialLog: paths.serialLog, pidFile: paths.pidFile,
       incoming: incoming !== undefined,
     });
@@ -231,7 +250,9 @@ export class QemuDriver implements VmDriver {
       }
       agent = await Promise.race([agentReady, died]);
       if (incoming) await Promise.race([agent.afterRestore(), died]);
-      return new QemuVm(paths, proc, qmp, agent, forwards, record);
+      const vm = new QemuVm(paths, proc, qmp, agent, forwards, record);
+      vm.activeDisk = diskPath;
+      return vm;
     } catch (error) {
       agent?.close();
       qmp?.close();

@@ -1,0 +1,352 @@
+/**
+ * create-microvm-image: zip → Dockerfile plan → steps run inside a build VM, one cached disk layer
+ * per step → a fresh VM boots the result and starts the app → readiness → template snapshot →
+ * a validation launch → ACTIVE. User Dockerfiles are untrusted: every step runs in a VM.
+ */
+import { createHash } from 'node:crypto';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { AppError, isAppError } from '../errors/errors.ts';
+import { httpGet, waitUntil } from '../host/http-probe.ts';
+import type { RunningVm, TemplateSnapshot, VmDriver } from '../vmm/driver.ts';
+import { EGRESS_PROXY } from '../vmm/qemu/argv.ts';
+import { fetchArtifact, extractZip, locateDockerfile, type S3Config } from './artifact/index.ts';
+import { BuildLog } from './build-log.ts';
+import { copyArchive } from './copy-archive.ts';
+import { copyFromExport, exportFromGuest, exportPath, fileExists } from './stage-copy.ts';
+import { describeStep, planBuild, type BuildPlan, type CopyStep, type Stage, type Step } from './dockerfile/index.ts';
+import { LayerStore } from './layers.ts';
+import { waitUntilReady } from './readiness.ts';
+import { ImageRecords, type ImageRecord } from './records.ts';
+
+export type BaseImageName = 'tiny' | 'debian';
+
+export interface BaseImage {
+  rootfsPath: string;
+  sha256: string;
+}
+
+export interface BuildRequest {
+  name: string;
+  codeArtifactUri: string;
+  dockerfilePath?: string;
+  buildArgs?: Record<string, string>;
+  /** Default: the first EXPOSEd port, else 8080. */
+  appPort?: number;
+  hooksPort?: number;
+  /** 1–3600 s; default 300. */
+  readinessTimeoutSeconds?: number;
+  memoryMiB?: number;
+}
+
+export interface BuilderDeps {
+  driver: VmDriver;
+  dataDir: string;
+  /** Builds (first time) or finds a base root filesystem. */
+  baseImage: (name: BaseImageName) => Promise<BaseImage>;
+  /** Egress proxy socket for build steps (apt, npm, curl …); runtime VMs get none. */
+  egressSocket: string;
+  builtWith: { kernel: string; kernelPackageVersion: string; agentVersion: string };
+  s3?: S3Config;
+}
+
+const DEFAULT_APP_PORT = 8080;
+const DEFAULT_HOOKS_PORT = 9000;
+const BUILD_VM_MEMORY_MIB = 1024;
+const PROXY_URL = `http://${EGRESS_PROXY.address}:${EGRESS_PROXY.port}`;
+const PROXY_ENV = { http_proxy: PROXY_URL, https_proxy: PROXY_URL, HTTP_PROXY: PROXY_URL, HTTPS_PROXY: PROXY_URL, no_proxy: 'localhost,127.0.0.1' };
+
+/** Everything one build run carries from step to step. */
+interface BuildRun {
+  plan: BuildPlan;
+  contextDir: string;
+  workDir: string;
+  log: BuildLog;
+  /** VMs to stop when the build ends, however it ends. */
+  live: Set<RunningVm>;
+  /** Stage export tars ready on the host. */
+  exports: Set<string>;
+}
+
+export class ImageBuilder {
+  readonly records: ImageRecords;
+  readonly layers: LayerStore;
+  /** One build at a time: builds are CPU-bound VMs, and steps of equal keys must not race. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly deps: BuilderDeps) {
+    this.records = new ImageRecords(path.join(deps.dataDir, 'images'));
+    this.layers = new LayerStore(path.join(deps.dataDir, 'layers'));
+  }
+
+  /** Records a CREATING version at once; `done` settles with the final record (ACTIVE or FAILED). */
+  async create(request: BuildRequest, onLine?: (line: string) => void): Promise<{ record: ImageRecord; done: Promise<ImageRecord> }> {
+    const timeoutSeconds = request.readinessTimeoutSeconds ?? 300;
+    if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > 3600) {
+      throw new AppError('config.invalid', 'readinessTimeoutSeconds must be a whole number from 1 to 3600');
+    }
+    for (const port of [request.appPort, request.hooksPort]) {
+      if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) throw new AppError('config.invalid', `port ${port} is not 1–65535`);
+    }
+    const record = await this.records.createVersion({
+      name: request.name,
+      codeArtifact: { uri: request.codeArtifactUri },
+      appPort: request.appPort ?? DEFAULT_APP_PORT,
+      hooksPort: request.hooksPort ?? DEFAULT_HOOKS_PORT,
+      readinessTimeoutSeconds: timeoutSeconds,
+      memoryMiB: request.memoryMiB ?? 512,
+    });
+    const log = new BuildLog(path.join(this.records.versionDir(record.name, record.version), 'build.log'));
+    if (onLine) log.on('line', onLine);
+    const done = this.queue.then(() => this.build(record, request, log));
+    this.queue = done.catch(() => {});
+    return { record, done };
+  }
+
+  private async build(record: ImageRecord, request: BuildRequest, log: BuildLog): Promise<ImageRecord> {
+    const versionDir = this.records.versionDir(record.name, record.version);
+    const workDir = path.join(versionDir, 'work');
+    const started = Date.now();
+    const timings: Record<string, number> = {};
+    const live = new Set<RunningVm>();
+    try {
+      log.line(`building ${record.arn} from ${request.codeArtifactUri}`);
+      const artifact = await fetchArtifact(request.codeArtifactUri, { workDir, ...(this.deps.s3 ? { s3: this.deps.s3 } : {}) });
+      record.codeArtifact.sha256 = artifact.sha256;
+      const extracted = await extractZip(artifact.zipPath, path.join(workDir, 'context'));
+      const dockerfile = locateDockerfile(extracted, request.dockerfilePath);
+      const files = await hashContext(extracted.rootDir, extracted.files);
+      log.line(`artifact sha256:${artifact.sha256}, ${extracted.files.length} files`);
+
+      const plan = await this.plan(await readFile(dockerfile, 'utf8'), files, request.buildArgs);
+      for (const warning of plan.warnings) log.line(`warning: ${warning}`);
+      const finalStage = plan.stages[plan.finalStage]!;
+      record.warnings = plan.warnings;
+      record.runtime = plan.runtime;
+      record.appPort = request.appPort ?? plan.runtime.exposedPorts[0] ?? DEFAULT_APP_PORT;
+      await this.records.save(record);
+
+      timings.stepsMs = -Date.now();
+      const top = await this.buildStages({ plan, contextDir: extracted.rootDir, workDir, log, live, exports: new Set() });
+      timings.stepsMs += Date.now();
+      record.baseImage = rootBaseOf(plan, plan.finalStage);
+      record.layers = finalStage.steps.map((s) => s.cacheKey);
+
+      timings.snapshotMs = -Date.now();
+      const template = await this.snapshotApp(record, top, path.join(versionDir, 'template'), log, live);
+      timings.snapshotMs += Date.now();
+
+      timings.validationMs = -Date.now();
+      await this.validate(template, record.appPort, path.join(workDir, 'validate'), log, live);
+      timings.validationMs += Date.now();
+
+      record.builtWith = { ...this.deps.builtWith, qemuVersion: template.qemuVersion, accelerator: template.accelerator };
+      record.state = 'ACTIVE';
+      timings.totalMs = Date.now() - started;
+      record.timingsMs = timings;
+      log.line(`${record.arn} is ACTIVE (${(timings.totalMs / 1000).toFixed(1)} s)`);
+    } catch (error) {
+      record.state = 'FAILED';
+      record.stateReason = isAppError(error) ? error.message : `internal error: ${String(error)}`;
+      record.stateReasonCode = isAppError(error) ? error.code : 'internal';
+      log.line(`FAILED: ${record.stateReason}`);
+    } finally {
+      await Promise.all([...live].map((vm) => this.deps.driver.stop(vm).catch(() => {})));
+      await rm(workDir, { recursive: true, force: true });
+      await this.records.save(record);
+      await log.close();
+    }
+    return record;
+  }
+
+  /** Plans twice: first to learn which base images are used (a Debian base is built on first use). */
+  private async plan(dockerfileText: string, files: Parameters<typeof planBuild>[0]['files'], buildArgs?: Record<string, string>): Promise<BuildPlan> {
+    const input = { dockerfileText, files, buildArgs: buildArgs ?? {} };
+    const probe = planBuild({ ...input, baseKeys: { tiny: 'tiny', debian: 'debian' } });
+    const used = new Set(probe.stages.flatMap((s) => (s.base.kind === 'base-image' ? [s.base.name] : [])));
+    const baseKeys = { tiny: 'unused', debian: 'unused' };
+    for (const name of used) baseKeys[name] = (await this.deps.baseImage(name)).sha256;
+    return planBuild({ ...input, baseKeys });
+  }
+
+  /** Builds every stage the final one needs, in order; returns the final stage's top layer. */
+  private async buildStages(build: BuildRun): Promise<string> {
+    for (const stage of build.plan.stages) {
+      if (stage.used) await this.buildStage(build, stage);
+    }
+    return this.layers.pathOf(build.plan.stages[build.plan.finalStage]!.resultKey);
+  }
+
+  /** Runs a stage's steps that are not cached yet, in one build VM, one frozen layer per step. */
+  private async buildStage(build: BuildRun, stage: Stage): Promise<void> {
+    const { log } = build;
+    if (stage.base.kind === 'base-image') {
+      const base = await this.deps.baseImage(stage.base.name);
+      await this.layers.baseLayer(base.rootfsPath, base.sha256);
+    }
+    const steps = stage.steps;
+    let firstMiss = 0;
+    while (firstMiss < steps.length && (await this.layers.has(steps[firstMiss]!.cacheKey))) {
+      log.line(`CACHED ${describeStep(steps[firstMiss]!)}`);
+      firstMiss++;
+    }
+    if (firstMiss === steps.length) return;
+    // Files that later steps copy from earlier stages are exported before this stage's VM boots.
+    for (const step of steps.slice(firstMiss)) {
+      if (step.kind === 'copy' && step.sources.some((s) => s.from === 'stage')) await this.stageExport(build, step);
+    }
+
+    await this.layers.discardUnfinished(steps[firstMiss]!.cacheKey);
+    log.line(`booting the build VM${stage.name ? ` for stage ${stage.name}` : ''}`);
+    const vmDir = path.join(build.workDir, `build-${stage.index}`);
+    const vm = await this.deps.driver.boot({
+      dir: vmDir, hostname: 'cocoon-build', memoryMiB: BUILD_VM_MEMORY_MIB, vcpus: 1, guestPorts: [], templateSource: false,
+      rootDisk: { kind: 'overlay', backingPath: this.layers.pathOf(steps[firstMiss]!.parentKey), activePath: this.layers.pathOf(steps[firstMiss]!.cacheKey) },
+      egressSocket: this.deps.egressSocket,
+    });
+    build.live.add(vm);
+    try {
+      for (let j = firstMiss; j < steps.length; j++) {
+        const step = steps[j]!;
+        const label = describeStep(step);
+        log.line(label);
+        const stepStarted = Date.now();
+        await this.runStep(build, vm, step, label);
+        await vm.agent.sync();
+        const next = steps[j + 1];
+        if (next) await this.layers.discardUnfinished(next.cacheKey);
+        await this.deps.driver.freezeDisk(vm, next ? this.layers.pathOf(next.cacheKey) : path.join(vmDir, 'scratch.qcow2'));
+        await this.layers.markDone(step.cacheKey, { parent: step.parentKey, description: label });
+        log.line(`  done in ${((Date.now() - stepStarted) / 1000).toFixed(1)} s`);
+      }
+    } finally {
+      build.live.delete(vm);
+      await this.deps.driver.stop(vm);
+    }
+  }
+
+  /** A tar of the paths a COPY --from step takes from earlier stages (cached by stage result). */
+  private async stageExport(build: BuildRun, step: CopyStep): Promise<void> {
+    for (const source of step.sources) {
+      if (source.from !== 'stage') continue;
+      const stage = build.plan.stages[source.stage]!;
+      const file = exportPath(this.layers.dir, stage.resultKey, source.path);
+      if (build.exports.has(file) || (await fileExists(file))) { build.exports.add(file); continue; }
+      build.log.line(`exporting ${source.path} from stage ${stage.name ?? stage.index}`);
+      const vm = await this.deps.driver.boot({
+        dir: path.join(build.workDir, `export-${build.exports.size}`), hostname: 'cocoon-build', memoryMiB: BUILD_VM_MEMORY_MIB,
+        vcpus: 1, guestPorts: [], templateSource: false, rootDisk: { kind: 'overlay', backingPath: this.layers.pathOf(stage.resultKey) },
+      });
+      build.live.add(vm);
+      try {
+        await exportFromGuest(vm, source.path, file);
+        build.exports.add(file);
+      } finally {
+        build.live.delete(vm);
+        await this.deps.driver.stop(vm);
+      }
+    }
+  }
+
+  private async runStep(build: BuildRun, vm: RunningVm, step: Step, label: string): Promise<void> {
+    const output = { onStdout: (c: Buffer) => build.log.output(c), onStderr: (c: Buffer) => build.log.output(c) };
+    const exec = async (argv: string[], options: { env?: Record<string, string>; cwd?: string; user?: string } = {}): Promise<void> => {
+      const result = await vm.agent.exec({ argv, ...options, ...output }).catch((error: unknown) => { throw wrapSpawn(error, label, step.line); });
+      if (result.exitCode !== 0) throw stepFailed(label, step.line, result.exitCode, result.signal);
+    };
+    switch (step.kind) {
+      case 'run':
+        return exec(step.argv, { env: { ...PROXY_ENV, ...step.env }, cwd: step.cwd, user: step.user });
+      case 'workdir':
+        await exec(['mkdir', '-p', step.path]);
+        if (step.user && step.user !== 'root' && step.user !== '0') await exec(['chown', step.user, step.path]);
+        return;
+      case 'copy': {
+        const fromStages = step.sources.some((s) => s.from === 'stage');
+        if (fromStages) {
+          for (const source of step.sources) {
+            if (source.from !== 'stage') continue;
+            const stage = build.plan.stages[source.stage]!;
+            const entries = step.entries.filter((e) => e.source === source.path);
+            await copyFromExport(vm, exportPath(this.layers.dir, stage.resultKey, source.path), entries, step.destIsDirectory, exec);
+          }
+        } else {
+          const archive = await copyArchive(build.contextDir, step.entries, step.chmod);
+          const tarPath = `/tmp/.cocoon-copy-${step.cacheKey.slice(0, 12)}.tar`;
+          await vm.agent.writeFile(tarPath, archive, { mode: 0o600 });
+          await exec(['tar', '-x', '-f', tarPath, '-C', '/']);
+          await exec(['rm', '-f', tarPath]);
+        }
+        if (step.chown) {
+          const dests = step.entries.map((e) => e.dest);
+          for (let i = 0; i < dests.length; i += 500) await exec(['chown', ...(fromStages ? ['-R'] : []), step.chown, ...dests.slice(i, i + 500)]);
+        }
+        return;
+      }
+    }
+  }
+
+  /** Boots the built disk fresh (like `docker run`), starts the app, waits until ready, snapshots it. */
+  private async snapshotApp(record: ImageRecord, topLayer: string, templateDir: string, log: BuildLog, live: Set<RunningVm>): Promise<TemplateSnapshot> {
+    const runtime = record.runtime!;
+    log.line(`starting the app: ${JSON.stringify(runtime.argv)} (app port ${record.appPort}, hooks port ${record.hooksPort})`);
+    const vm = await this.deps.driver.boot({
+      dir: templateDir, hostname: 'cocoon', memoryMiB: record.memoryMiB, vcpus: 1, templateSource: true,
+      guestPorts: [...new Set([record.appPort, record.hooksPort])],
+      rootDisk: { kind: 'overlay', backingPath: topLayer },
+    });
+    live.add(vm);
+    vm.agent.on('app-output', (_stream, chunk) => log.output(chunk));
+    const appExited = new Promise<never>((_, reject) => vm.agent.once('app-exit', (status) => reject(new AppError('image.build_failed',
+      `the app exited (${status.signal ? `signal ${status.signal}` : `code ${status.exitCode}`}) before it was ready`))));
+    appExited.catch(() => {});
+    await vm.agent.startApp({ argv: runtime.argv, env: runtime.env, cwd: runtime.cwd, user: runtime.user })
+      .catch((error: unknown) => { throw wrapSpawn(error, 'starting the app', 0); });
+    const via = await waitUntilReady({
+      hooksHostPort: vm.hostPort(record.hooksPort), appHostPort: vm.hostPort(record.appPort),
+      timeoutMs: record.readinessTimeoutSeconds * 1000, appExited,
+    });
+    log.line(`the app is ready (${via === 'hooks' ? 'ready hook answered 200' : 'app port answered HTTP'}); taking the snapshot`);
+    live.delete(vm);
+    return this.deps.driver.snapshotTemplate(vm);
+  }
+
+  /** Restores the snapshot once, as every launch will, and checks the app answers. */
+  private async validate(template: TemplateSnapshot, appPort: number, dir: string, log: BuildLog, live: Set<RunningVm>): Promise<void> {
+    const started = Date.now();
+    const vm = await this.deps.driver.launch(template, dir);
+    live.add(vm);
+    try {
+      await waitUntil(async () => (await httpGet(vm.hostPort(appPort), '/', 5000)).status > 0, 60_000, 100)
+        .catch(() => { throw new AppError('image.build_failed', 'validation launch: the restored app did not answer HTTP within 60 s'); });
+      log.line(`validation launch answered in ${Date.now() - started} ms`);
+    } finally {
+      live.delete(vm);
+      await this.deps.driver.stop(vm);
+    }
+  }
+}
+
+function rootBaseOf(plan: BuildPlan, index: number): string {
+  const stage = plan.stages[index]!;
+  return stage.base.kind === 'stage' ? rootBaseOf(plan, stage.base.index) : `cocoon/${stage.base.name}`;
+}
+
+async function hashContext(rootDir: string, files: ReadonlyArray<{ path: string; sizeBytes: number; mode: number }>): Promise<Map<string, { sizeBytes: number; mode: number; sha256: string }>> {
+  const map = new Map<string, { sizeBytes: number; mode: number; sha256: string }>();
+  for (const file of files) {
+    const sha256 = createHash('sha256').update(await readFile(path.join(rootDir, file.path))).digest('hex');
+    map.set(file.path, { sizeBytes: file.sizeBytes, mode: file.mode, sha256 });
+  }
+  return map;
+}
+
+function stepFailed(label: string, line: number, exitCode: number, signal: number): AppError {
+  const how = signal ? `was killed by signal ${signal}` : `exited with code ${exitCode}`;
+  return new AppError('image.build_failed', `step ${label} (Dockerfile line ${line}) ${how}`, { line, exitCode, signal });
+}
+
+function wrapSpawn(error: unknown, label: string, line: number): unknown {
+  if (!isAppError(error, 'guest.request_failed')) return error;
+  return new AppError('image.build_failed', `${label}${line ? ` (Dockerfile line ${line})` : ''} could not start: ${error.message}`, { line });
+}

@@ -1,0 +1,39 @@
+/**
+ * Wires image building: the build egress proxy (internet, filtered), base root filesystems (the
+ * Debian one is built on first use), and the builder.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { ensureGuestArtifacts } from '../../guest/build/artifacts.ts';
+import { startEgressProxy, type EgressProxy } from '../egress/index.ts';
+import { ImageBuilder, type BaseImage, type BaseImageName } from '../images/builder.ts';
+import type { Engine } from './engine.ts';
+
+export interface ImageService {
+  builder: ImageBuilder;
+  egress: EgressProxy;
+  close(): Promise<void>;
+}
+
+export async function startImageService(engine: Engine, dataDir: string, log: (line: string) => void = () => {}): Promise<ImageService> {
+  const egressDir = path.join(dataDir, 'egress');
+  await mkdir(egressDir, { recursive: true, mode: 0o700 });
+  const egress = await startEgressProxy({ socketPath: path.join(egressDir, 'build.sock'), policy: { mode: 'internet' } });
+  const { manifest } = engine.artifacts;
+  const builder = new ImageBuilder({
+    driver: engine.driver,
+    dataDir,
+    egressSocket: egress.socketPath!,
+    baseImage: (name) => baseImage(engine, name, log),
+    builtWith: { kernel: manifest.kernel.release, kernelPackageVersion: manifest.kernel.packageVersion, agentVersion: manifest.agent.version ?? 'unknown' },
+  });
+  return { builder, egress, close: () => egress.close() };
+}
+
+async function baseImage(engine: Engine, name: BaseImageName, log: (line: string) => void): Promise<BaseImage> {
+  if (name === 'tiny') {
+    return { rootfsPath: engine.artifacts.rootfs.tiny, sha256: engine.artifacts.manifest.artifacts['rootfs-tiny']!.sha256 };
+  }
+  const artifacts = await ensureGuestArtifacts({ debian: true, log });
+  return { rootfsPath: artifacts.rootfs.debian!, sha256: artifacts.manifest.artifacts['rootfs-debian']!.sha256 };
+}
