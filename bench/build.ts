@@ -13,7 +13,7 @@ import { startImageService } from '../src/main/images.ts';
 const say = (line: string): void => console.log(line);
 const workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-bench-build-'));
 const engine = await startEngine({ log: say });
-const images = await startImageService(engine, path.join(workDir, 'data'), say);
+const images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: {} }, say);
 
 /** Builds the example, then again after changing one code file; returns both create→ACTIVE times. */
 async function firstAndRebuild(example: string, codeFile: string, changeLine: (stamp: number) => string): Promise<{ firstMs: number; rebuildMs: number }> {

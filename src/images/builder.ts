@@ -79,6 +79,26 @@ export class ImageBuilder {
     this.layers = new LayerStore(path.join(deps.dataDir, 'layers'));
   }
 
+  /**
+   * After a restart no build is running: a version still CREATING was interrupted. It becomes
+   * FAILED (its layers stay cached, so a new create resumes where it stopped).
+   */
+  async reconcile(): Promise<ImageRecord[]> {
+    const interrupted: ImageRecord[] = [];
+    for (const name of await this.records.names()) {
+      for (const record of await this.records.list(name)) {
+        if (record.state !== 'CREATING') continue;
+        record.state = 'FAILED';
+        record.stateReason = 'the build was interrupted (Cocoon stopped during it); create the image again to resume from the cached steps';
+        record.stateReasonCode = 'image.build_failed';
+        await this.records.save(record);
+        await rm(path.join(this.records.versionDir(record.name, record.version), 'work'), { recursive: true, force: true });
+        interrupted.push(record);
+      }
+    }
+    return interrupted;
+  }
+
   /** Records a CREATING version at once; `done` settles with the final record (ACTIVE or FAILED). */
   async create(request: BuildRequest, onLine?: (line: string) => void): Promise<{ record: ImageRecord; done: Promise<ImageRecord> }> {
     const timeoutSeconds = request.readinessTimeoutSeconds ?? 300;

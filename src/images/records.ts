@@ -88,6 +88,11 @@ export class ImageRecords {
     return records.filter((r): r is ImageRecord => r !== undefined);
   }
 
+  async names(): Promise<string[]> {
+    const entries = await readdir(this.dir).catch(() => [] as string[]);
+    return entries.filter((e) => IMAGE_NAME.test(e)).sort();
+  }
+
   private async majors(name: string): Promise<number[]> {
     const entries = await readdir(path.join(this.dir, name)).catch(() => [] as string[]);
     return entries.filter((e) => /^\d+\.0$/.test(e)).map((e) => Number(e.split('.')[0]));

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { httpGet, waitUntil } from '../host/http-probe.ts';
 import { zipDirectory } from '../host/zip-dir.ts';
 import type { RunningVm, TemplateSnapshot } from '../vmm/driver.ts';
+import { loadConfig } from '../config/config.ts';
 import { startEngine } from './engine.ts';
 import { startImageService } from './images.ts';
 
@@ -17,20 +18,21 @@ const { values } = parseArgs({
   options: {
     example: { type: 'string', default: 'tiny-httpd' },
     clones: { type: 'string', default: '3' },
-    'data-dir': { type: 'string', default: process.env.COCOON_DATA_DIR ?? '.cocoon' },
+    'data-dir': { type: 'string' },
   },
 });
 const say = (line: string): void => console.log(line);
 const exampleDir = fileURLToPath(new URL(`../../examples/${values.example}`, import.meta.url));
-const dataDir = path.resolve(values['data-dir']);
+const config = loadConfig(values['data-dir'] ? { dataDir: values['data-dir'] } : {});
+const { dataDir } = config;
 
 async function firstAnswer(vm: RunningVm, port: number, started: number): Promise<number> {
   await waitUntil(async () => (await httpGet(vm.hostPort(port), '/', 5000)).status > 0, 120_000, 20);
   return Date.now() - started;
 }
 
-const engine = await startEngine({ log: (line) => say(`  ${line}`) });
-const images = await startImageService(engine, dataDir, (line) => say(`  ${line}`));
+const engine = await startEngine({ config, log: (line) => say(`  ${line}`) });
+const images = await startImageService(engine, config, (line) => say(`  ${line}`));
 const runDir = path.join(dataDir, 'demo', String(process.pid));
 await mkdir(runDir, { recursive: true });
 const live = new Set<RunningVm>();

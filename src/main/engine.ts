@@ -4,6 +4,7 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
+import { loadConfig, type Config } from '../config/config.ts';
 import path from 'node:path';
 import { ensureGuestArtifacts, type GuestArtifacts } from '../../guest/build/artifacts.ts';
 import { chooseAccelerator, type AcceleratorChoice } from '../vmm/accelerator.ts';
@@ -18,18 +19,15 @@ export interface Engine {
   accelerator: AcceleratorChoice;
 }
 
-export function defaultCacheDir(): string {
-  return process.env.COCOON_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'cocoon');
-}
-
-export async function startEngine(options: { debian?: boolean; log?: (line: string) => void } = {}): Promise<Engine> {
+export async function startEngine(options: { config?: Config; debian?: boolean; log?: (line: string) => void } = {}): Promise<Engine> {
+  const config = options.config ?? loadConfig();
   const log = options.log ?? (() => {});
   const artifacts = await ensureGuestArtifacts({ debian: options.debian ?? false, log });
   const kvmDriver = await QemuDriver.create({ accelerator: 'kvm', artifacts });
   const accelerator = await chooseAccelerator({
-    cacheDir: defaultCacheDir(),
+    cacheDir: config.cacheDir,
     qemuVersion: kvmDriver.qemuVersion,
-    override: process.env.COCOON_ACCELERATOR,
+    override: config.accelerator,
     probeKvm: async () => {
       log('probing KVM with a test guest (once per host)…');
       return probeBoot(kvmDriver, artifacts.rootfs.tiny);

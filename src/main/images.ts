@@ -7,6 +7,7 @@ import path from 'node:path';
 import { ensureGuestArtifacts } from '../../guest/build/artifacts.ts';
 import { startEgressProxy, type EgressProxy } from '../egress/index.ts';
 import { ImageBuilder, type BaseImage, type BaseImageName } from '../images/builder.ts';
+import type { Config } from '../config/config.ts';
 import type { Engine } from './engine.ts';
 
 export interface ImageService {
@@ -15,7 +16,8 @@ export interface ImageService {
   close(): Promise<void>;
 }
 
-export async function startImageService(engine: Engine, dataDir: string, log: (line: string) => void = () => {}): Promise<ImageService> {
+export async function startImageService(engine: Engine, config: Pick<Config, 'dataDir' | 's3'>, log: (line: string) => void = () => {}): Promise<ImageService> {
+  const { dataDir } = config;
   const egressDir = path.join(dataDir, 'egress');
   await mkdir(egressDir, { recursive: true, mode: 0o700 });
   const egress = await startEgressProxy({ socketPath: path.join(egressDir, 'build.sock'), policy: { mode: 'internet' } });
@@ -23,10 +25,12 @@ export async function startImageService(engine: Engine, dataDir: string, log: (l
   const builder = new ImageBuilder({
     driver: engine.driver,
     dataDir,
+    s3: config.s3,
     egressSocket: egress.socketPath!,
     baseImage: (name) => baseImage(engine, name, log),
     builtWith: { kernel: manifest.kernel.release, kernelPackageVersion: manifest.kernel.packageVersion, agentVersion: manifest.agent.version ?? 'unknown' },
   });
+  for (const record of await builder.reconcile()) log(`image ${record.arn} was interrupted by a restart: now FAILED`);
   return { builder, egress, close: () => egress.close() };
 }
 

@@ -24,7 +24,7 @@ let workDir: string;
 before(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-img-'));
   engine = await startEngine({ log: (line) => console.log(`# ${line}`) });
-  images = await startImageService(engine, path.join(workDir, 'data'));
+  images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: {} });
 });
 
 after(async () => {
@@ -144,6 +144,15 @@ describe('builds that must fail, with the reason', () => {
       assert.equal(record.stateReasonCode, code, record.stateReason);
     });
   }
+});
+
+test('a build interrupted by a restart is marked FAILED, not left CREATING', async () => {
+  const stale = await images.builder.records.createVersion({ name: 'interrupted', codeArtifact: { uri: 'x.zip' }, appPort: 8080, hooksPort: 9000, readinessTimeoutSeconds: 60, memoryMiB: 128 });
+  const reconciled = await images.builder.reconcile();
+  assert.deepEqual(reconciled.map((r) => r.arn), [stale.arn]);
+  const reread = await images.builder.records.get('interrupted', stale.version);
+  assert.equal(reread.state, 'FAILED');
+  assert.match(reread.stateReason!, /interrupted/);
 });
 
 test('no build or template VM outlives its build', async () => {

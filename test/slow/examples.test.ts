@@ -21,7 +21,7 @@ let workDir: string;
 before(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-slow-'));
   engine = await startEngine({ debian: true, log: (line) => console.log(`# ${line}`) });
-  images = await startImageService(engine, path.join(workDir, 'data'));
+  images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: {} });
 });
 
 after(async () => {
