@@ -8,6 +8,7 @@ import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AppError, isAppError } from '../errors/errors.ts';
 import { httpGet, waitUntil } from '../host/http-probe.ts';
+import { templatePaths } from '../host/paths.ts';
 import type { RunningVm, TemplateSnapshot, VmDriver } from '../vmm/driver.ts';
 import { EGRESS_PROXY } from '../vmm/qemu/argv.ts';
 import { fetchArtifact, extractZip, locateDockerfile, type S3Config } from './artifact/index.ts';
@@ -147,13 +148,14 @@ export class ImageBuilder {
       await this.records.save(record);
 
       timings.stepsMs = -Date.now();
-      const top = await this.buildStages({ plan, contextDir: extracted.rootDir, workDir, log, live, exports: new Set() });
+      const build: BuildRun = { plan, contextDir: extracted.rootDir, workDir, log, live, exports: new Set() };
+      const appVmSteps = await this.buildStages(build);
       timings.stepsMs += Date.now();
       record.baseImage = rootBaseOf(plan, plan.finalStage);
       record.layers = finalStage.steps.map((s) => s.cacheKey);
 
       timings.snapshotMs = -Date.now();
-      const template = await this.snapshotApp(record, top, path.join(versionDir, 'template'), log, live);
+      const template = await this.snapshotApp(record, build, appVmSteps, path.join(versionDir, 'template'));
       timings.snapshotMs += Date.now();
 
       timings.validationMs = -Date.now();
@@ -189,27 +191,56 @@ export class ImageBuilder {
     return planBuild({ ...input, baseKeys });
   }
 
-  /** Builds every stage the final one needs, in order; returns the final stage's top layer. */
-  private async buildStages(build: BuildRun): Promise<string> {
+  /**
+   * Builds every stage the final one needs, in order. The final stage's trailing COPY/WORKDIR steps
+   * (typically the app's code) are left for the app VM: they need no network, and a code-only
+   * rebuild then boots one VM instead of two.
+   */
+  private async buildStages(build: BuildRun): Promise<Step[]> {
+    const final = build.plan.stages[build.plan.finalStage]!;
+    let tailStart = final.steps.length;
+    while (tailStart > 0 && isOfflineStep(final.steps[tailStart - 1]!)) tailStart--;
     for (const stage of build.plan.stages) {
-      if (stage.used) await this.buildStage(build, stage);
+      if (stage.used) await this.buildStage(build, stage, stage === final ? final.steps.slice(0, tailStart) : stage.steps);
     }
-    return this.layers.pathOf(build.plan.stages[build.plan.finalStage]!.resultKey);
+    return final.steps.slice(tailStart);
+  }
+
+  /** Logs the cached steps; returns the index of the first step that must run. */
+  private async firstUncached(build: BuildRun, steps: readonly Step[]): Promise<number> {
+    let firstMiss = 0;
+    while (firstMiss < steps.length && (await this.layers.has(steps[firstMiss]!.cacheKey))) {
+      build.log.line(`CACHED ${describeStep(steps[firstMiss]!)}`);
+      firstMiss++;
+    }
+    return firstMiss;
+  }
+
+  /** Runs steps from `first` on, freezing one layer per step; after the last, the VM writes to `afterLast`. */
+  private async runSteps(build: BuildRun, vm: RunningVm, steps: readonly Step[], first: number, afterLast: string): Promise<void> {
+    for (let j = first; j < steps.length; j++) {
+      const step = steps[j]!;
+      const label = describeStep(step);
+      build.log.line(label);
+      const stepStarted = Date.now();
+      await this.runStep(build, vm, step, label);
+      await vm.agent.sync();
+      const next = steps[j + 1];
+      if (next) await this.layers.discardUnfinished(next.cacheKey);
+      await this.deps.driver.freezeDisk(vm, next ? this.layers.pathOf(next.cacheKey) : afterLast);
+      await this.layers.markDone(step.cacheKey, { parent: step.parentKey, description: label });
+      build.log.line(`  done in ${((Date.now() - stepStarted) / 1000).toFixed(1)} s`);
+    }
   }
 
   /** Runs a stage's steps that are not cached yet, in one build VM, one frozen layer per step. */
-  private async buildStage(build: BuildRun, stage: Stage): Promise<void> {
+  private async buildStage(build: BuildRun, stage: Stage, steps: readonly Step[]): Promise<void> {
     const { log } = build;
     if (stage.base.kind === 'base-image') {
       const base = await this.deps.baseImage(stage.base.name);
       await this.layers.baseLayer(base.rootfsPath, base.sha256);
     }
-    const steps = stage.steps;
-    let firstMiss = 0;
-    while (firstMiss < steps.length && (await this.layers.has(steps[firstMiss]!.cacheKey))) {
-      log.line(`CACHED ${describeStep(steps[firstMiss]!)}`);
-      firstMiss++;
-    }
+    const firstMiss = await this.firstUncached(build, steps);
     if (firstMiss === steps.length) return;
     // Files that later steps copy from earlier stages are exported before this stage's VM boots.
     for (const step of steps.slice(firstMiss)) {
@@ -226,19 +257,7 @@ export class ImageBuilder {
     });
     build.live.add(vm);
     try {
-      for (let j = firstMiss; j < steps.length; j++) {
-        const step = steps[j]!;
-        const label = describeStep(step);
-        log.line(label);
-        const stepStarted = Date.now();
-        await this.runStep(build, vm, step, label);
-        await vm.agent.sync();
-        const next = steps[j + 1];
-        if (next) await this.layers.discardUnfinished(next.cacheKey);
-        await this.deps.driver.freezeDisk(vm, next ? this.layers.pathOf(next.cacheKey) : path.join(vmDir, 'scratch.qcow2'));
-        await this.layers.markDone(step.cacheKey, { parent: step.parentKey, description: label });
-        log.line(`  done in ${((Date.now() - stepStarted) / 1000).toFixed(1)} s`);
-      }
+      await this.runSteps(build, vm, steps, firstMiss, path.join(vmDir, 'scratch.qcow2'));
     } finally {
       build.live.delete(vm);
       await this.deps.driver.stop(vm);
@@ -306,16 +325,27 @@ export class ImageBuilder {
     }
   }
 
-  /** Boots the built disk fresh (like `docker run`), starts the app, waits until ready, snapshots it. */
-  private async snapshotApp(record: ImageRecord, topLayer: string, templateDir: string, log: BuildLog, live: Set<RunningVm>): Promise<TemplateSnapshot> {
+  /**
+   * Boots the built disk fresh (like `docker run`; no egress), runs the trailing offline steps,
+   * starts the app, waits until it is ready, and snapshots it.
+   */
+  private async snapshotApp(record: ImageRecord, build: BuildRun, steps: readonly Step[], templateDir: string): Promise<TemplateSnapshot> {
+    const { log, live } = build;
     const runtime = record.runtime!;
-    log.line(`starting the app: ${JSON.stringify(runtime.argv)} (app port ${record.appPort}, hooks port ${record.hooksPort})`);
+    const final = build.plan.stages[build.plan.finalStage]!;
+    const firstMiss = await this.firstUncached(build, steps);
+    const pending = firstMiss < steps.length ? steps[firstMiss]! : undefined;
+    if (pending) await this.layers.discardUnfinished(pending.cacheKey);
     const vm = await this.deps.driver.boot({
       dir: templateDir, hostname: 'cocoon', memoryMiB: record.memoryMiB, vcpus: 1, templateSource: true,
       guestPorts: [...new Set([record.appPort, record.hooksPort])],
-      rootDisk: { kind: 'overlay', backingPath: topLayer },
+      rootDisk: pending
+        ? { kind: 'overlay', backingPath: this.layers.pathOf(pending.parentKey), activePath: this.layers.pathOf(pending.cacheKey) }
+        : { kind: 'overlay', backingPath: this.layers.pathOf(final.resultKey) },
     });
     live.add(vm);
+    await this.runSteps(build, vm, steps, firstMiss, templatePaths(templateDir).disk);
+    log.line(`starting the app: ${JSON.stringify(runtime.argv)} (app port ${record.appPort}, hooks port ${record.hooksPort})`);
     vm.agent.on('app-output', (_stream, chunk) => log.output(chunk));
     const appExited = new Promise<never>((_, reject) => vm.agent.once('app-exit', (status) => reject(new AppError('image.build_failed',
       `the app exited (${status.signal ? `signal ${status.signal}` : `code ${status.exitCode}`}) before it was ready`))));
@@ -345,6 +375,11 @@ export class ImageBuilder {
       await this.deps.driver.stop(vm);
     }
   }
+}
+
+/** Steps that need no network and no earlier stage: they can run in the app VM. */
+function isOfflineStep(step: Step): boolean {
+  return step.kind === 'workdir' || (step.kind === 'copy' && step.sources.every((source) => source.from === 'context'));
 }
 
 function rootBaseOf(plan: BuildPlan, index: number): string {

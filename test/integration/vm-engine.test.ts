@@ -113,6 +113,14 @@ describe('a cold-booted tiny VM', () => {
     assert.equal(guestHash, `${createHash('sha256').update(data).digest('hex')}\n600`);
   });
 
+  test('a paused VM answers nothing until it continues', async () => {
+    await engine.driver.pause(vm);
+    const answered = vm.agent.sync().then(() => 'answered');
+    assert.equal(await Promise.race([answered, sleep(1500).then(() => 'no answer')]), 'no answer');
+    await engine.driver.cont(vm);
+    assert.equal(await answered, 'answered'); // the request sent while paused is served after cont
+  });
+
   test('the app runs under the agent and answers through its forwarded port', async () => {
     const output: string[] = [];
     vm.agent.on('app-output', (_stream, chunk) => output.push(chunk.toString()));
