@@ -23,7 +23,7 @@ async function firstAndRebuild(example: string, codeFile: string, changeLine: (s
     const zipPath = path.join(workDir, `${example}-${label}.zip`);
     await zipDirectory(source, zipPath);
     const started = Date.now();
-    const { done } = await images.builder.create({ name: example, codeArtifactUri: zipPath });
+    const { done } = await images.builder.create(images.adminAccountId, { name: example, codeArtifactUri: zipPath });
     const record = await done;
     if (record.state !== 'ACTIVE') throw new Error(`${example} ${label} build ${record.state}: ${record.stateReason}`);
     const ms = Date.now() - started;

@@ -184,7 +184,6 @@ int main(int argc, char **argv)
 	struct boot_config cfg;
 	boot(&cfg); /* first: it also makes fds 0-2 valid, so later fds never land there */
 	signals_init();
-	net_setup(&cfg);
 	port_init();
 	serve();
 }

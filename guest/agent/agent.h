@@ -2,7 +2,7 @@
  *
  * Modules:
  *   agent.c     entry point, logging, the event loop
- *   boot.c      mounts, kernel modules, switch root (boot steps 1-3)
+ *   boot.c      mounts, kernel modules, switch root (boot steps 1-3), the ROOT request
  *   net.c       hostname, lo and eth0 (boot step 4)
  *   wire.c      the virtio-serial port: framing, connection state, sending
  *   requests.c  validates requests and runs the simple ones
@@ -20,7 +20,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define AGENT_VERSION "1.0"
+#define AGENT_VERSION "1.1"
 #define PROTOCOL_VERSION 1
 
 enum msg_type {
@@ -35,6 +35,7 @@ enum msg_type {
 	MSG_ADD_ENTROPY = 0x09,
 	MSG_SYNC = 0x0A,
 	MSG_SHUTDOWN = 0x0B,
+	MSG_ROOT = 0x0C,
 
 	MSG_OK = 0x80,
 	MSG_ERROR = 0x81,
@@ -67,16 +68,29 @@ void restore_child_signals(void);
 void fds_from(int from, bool close_them);
 
 /* ---- boot.c ---- */
+/* Boot steps 3-4: from the kernel command line, or from a ROOT request (cocoon.wait_root=1). */
 struct boot_config {
 	char root[128];     /* cocoon.root=, default /dev/vda */
 	char hostname[65];  /* cocoon.hostname=, empty = leave as is */
 	char ip[48];        /* cocoon.ip=, default 10.0.2.15/24; "off" = leave eth0 down */
 	char gw[48];        /* cocoon.gw=, default 10.0.2.2; "none" = no default route */
+	bool wait_root;     /* cocoon.wait_root=1: steps 3-4 wait for a ROOT request */
 };
+/* The defaults above (wait_root false). */
+void boot_config_defaults(struct boot_config *cfg);
+/* Boot steps 1-4; with wait_root only 1-2 (and the root device's size is recorded). */
 void boot(struct boot_config *cfg);
+/* False until boot steps 3-4 have run: the agent then serves the restricted request set. */
+bool root_mounted(void);
+/* The ROOT request: drops the device's cached pages, checks its size against the one recorded
+ * at boot, then runs boot steps 3-4 with cfg. Returns 0 with the device's size in bytes, or -1
+ * with a message in err (nothing changed: the agent can take another ROOT). */
+int boot_root(const struct boot_config *cfg, uint64_t *size, char *err, size_t errlen);
 
 /* ---- net.c ---- */
 void net_setup(const struct boot_config *cfg);
+/* NULL when cfg's ip and gw can be applied, else what is wrong with them. */
+const char *net_config_error(const struct boot_config *cfg);
 
 /* ---- wire.c: the port ---- */
 void port_init(void);

@@ -1,10 +1,15 @@
-/* Boot steps 1-3 of PROTOCOL.md: early mounts, kernel modules, root disk, switch root. */
+/* Boot steps 1-3 of PROTOCOL.md: early mounts, kernel modules, root disk, switch root; and the
+ * ROOT request, which runs steps 3-4 later when the kernel command line has cocoon.wait_root=1
+ * (the host snapshots the VM before the root disk is mounted and restores it with another disk). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -15,8 +20,32 @@
 #include "agent.h"
 
 #define ROOT_WAIT_MS 30000
+#define ROOT_REQUEST_WAIT_MS 5000 /* ROOT: the device existed at boot, or it is a mistake */
 #define RAMFS_MAGIC_ 0x858458f6
 #define TMPFS_MAGIC_ 0x01021994
+
+static bool root_is_mounted;
+/* cocoon.wait_root=1: the root device and its size at boot (what the snapshot's kernel saw). */
+static struct {
+	bool known;
+	dev_t rdev;
+	uint64_t size;
+} boot_disk;
+
+bool root_mounted(void)
+{
+	return root_is_mounted;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -1;
+}
 
 static void mkdir_quiet(const char *path, mode_t mode)
 {
@@ -78,12 +107,17 @@ static void cmdline_value(const char *cmdline, const char *key, char *out, size_
 	}
 }
 
-static void read_config(struct boot_config *cfg)
+void boot_config_defaults(struct boot_config *cfg)
 {
+	memset(cfg, 0, sizeof *cfg);
 	snprintf(cfg->root, sizeof cfg->root, "/dev/vda");
-	cfg->hostname[0] = '\0';
 	snprintf(cfg->ip, sizeof cfg->ip, "10.0.2.15/24");
 	snprintf(cfg->gw, sizeof cfg->gw, "10.0.2.2");
+}
+
+static void read_config(struct boot_config *cfg)
+{
+	boot_config_defaults(cfg);
 
 	char cmdline[4096];
 	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
@@ -99,6 +133,11 @@ static void read_config(struct boot_config *cfg)
 	cmdline_value(cmdline, "cocoon.hostname", cfg->hostname, sizeof cfg->hostname);
 	cmdline_value(cmdline, "cocoon.ip", cfg->ip, sizeof cfg->ip);
 	cmdline_value(cmdline, "cocoon.gw", cfg->gw, sizeof cfg->gw);
+	char wait_root[8] = "";
+	cmdline_value(cmdline, "cocoon.wait_root", wait_root, sizeof wait_root);
+	cfg->wait_root = strcmp(wait_root, "1") == 0;
+	if (wait_root[0] && strcmp(wait_root, "0") != 0 && strcmp(wait_root, "1") != 0)
+		agent_log("ignoring cocoon.wait_root=%s: not 0 or 1", wait_root);
 }
 
 static void load_module(const char *path)
@@ -140,15 +179,67 @@ static void load_modules(void)
 	fclose(f);
 }
 
-static void wait_for_block_device(const char *dev)
+static int wait_for_block_device(const char *dev, int wait_ms, struct stat *st, char *err,
+				 size_t errlen)
 {
-	int64_t deadline = monotonic_ms() + ROOT_WAIT_MS;
-	struct stat st;
-	while (stat(dev, &st) < 0 || !S_ISBLK(st.st_mode)) {
+	int64_t deadline = monotonic_ms() + wait_ms;
+	for (;;) {
+		if (stat(dev, st) == 0)
+			return S_ISBLK(st->st_mode)
+				       ? 0
+				       : fail(err, errlen, "root device %s is not a block device", dev);
+		if (errno != ENOENT)
+			return fail(err, errlen, "root device %s: %s", dev, strerror(errno));
 		if (monotonic_ms() > deadline)
-			agent_fatal("root device %s did not appear within %d ms", dev, ROOT_WAIT_MS);
+			return fail(err, errlen, "root device %s did not appear within %d ms", dev,
+				    wait_ms);
 		sleep_ms(5);
 	}
+}
+
+/* "Buffers:" of /proc/meminfo: the page cache of all block devices, in kB (-1 if unknown). */
+static long buffers_kb(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	long kb = -1;
+	char line[128];
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "Buffers: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/* The device's size in bytes; with `flush`, first drops every cached page of it. */
+static int block_device_size(const char *dev, bool flush, uint64_t *size, char *err, size_t errlen)
+{
+	int fd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(err, errlen, "open %s: %s", dev, strerror(errno));
+	if (flush) {
+		/* A restored snapshot's kernel may still cache pages (partition table, ext4
+		 * superblock) read from the disk attached when the snapshot was taken; the disk
+		 * attached now is another file. Nothing is mounted, so every page can go. */
+		long before = buffers_kb();
+		if (ioctl(fd, BLKFLSBUF, 0) < 0) {
+			int e = errno;
+			close(fd);
+			return fail(err, errlen, "BLKFLSBUF %s: %s", dev, strerror(e));
+		}
+		int e = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		if (e)
+			agent_log("posix_fadvise %s DONTNEED: %s", dev, strerror(e));
+		agent_log("%s: dropped its cached pages (block device cache %ld kB -> %ld kB)", dev,
+			  before, buffers_kb());
+	}
+	if (ioctl(fd, BLKGETSIZE64, size) < 0) {
+		int e = errno;
+		close(fd);
+		return fail(err, errlen, "BLKGETSIZE64 %s: %s", dev, strerror(e));
+	}
+	close(fd);
+	return 0;
 }
 
 /* Frees the initramfs' memory like busybox switch_root: deletes everything on the initramfs
@@ -180,42 +271,70 @@ static void delete_contents(int dfd, dev_t dev)
 	closedir(d);
 }
 
-static void free_initramfs(void)
+/* Deletes the initramfs' files (old_root: an fd of its root directory, taken before the switch;
+ * the new root now hides it). */
+static void free_initramfs(int old_root)
 {
 	struct statfs sfs;
 	struct stat st;
-	if (statfs("/", &sfs) < 0 || stat("/", &st) < 0)
-		return;
 	/* Only ever wipe a RAM filesystem: never a real disk the agent was started from. */
-	if ((unsigned long)sfs.f_type != RAMFS_MAGIC_ && (unsigned long)sfs.f_type != TMPFS_MAGIC_)
+	if (fstatfs(old_root, &sfs) < 0 || fstat(old_root, &st) < 0 ||
+	    ((unsigned long)sfs.f_type != RAMFS_MAGIC_ && (unsigned long)sfs.f_type != TMPFS_MAGIC_)) {
+		close(old_root);
 		return;
-	int dfd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0)
-		delete_contents(dfd, st.st_dev);
+	}
+	delete_contents(old_root, st.st_dev);
 }
 
-static void switch_root(const char *dev)
+static const char *const moved[] = {"/dev", "/proc", "/sys"};
+#define NMOVED (sizeof moved / sizeof moved[0])
+
+/* Moves the first n of /dev /proc /sys back from /newroot and unmounts it. */
+static void undo_newroot(size_t n)
 {
-	static const char *const moved[] = {"dev", "proc", "sys"};
+	while (n-- > 0) {
+		char from[32];
+		snprintf(from, sizeof from, "/newroot%s", moved[n]);
+		if (mount(from, moved[n], NULL, MS_MOVE, NULL) < 0)
+			agent_log("moving %s back: %s", from, strerror(errno));
+	}
+	if (umount2("/newroot", 0) < 0)
+		agent_log("umount /newroot: %s", strerror(errno));
+}
+
+/* Mounts dev on /newroot, moves /dev /proc /sys there and makes it the root. A failure before
+ * the root has moved is undone (returns -1 with a message); one after it cannot be. */
+static int switch_root(const char *dev, char *err, size_t errlen)
+{
 	mkdir_quiet("/newroot", 0755);
 	if (mount(dev, "/newroot", "ext4", 0, NULL) < 0)
-		agent_fatal("mount %s on /newroot (ext4): %s", dev, strerror(errno));
-	for (size_t i = 0; i < sizeof moved / sizeof moved[0]; i++) {
-		char from[16], to[32];
-		snprintf(from, sizeof from, "/%s", moved[i]);
-		snprintf(to, sizeof to, "/newroot/%s", moved[i]);
+		return fail(err, errlen, "mount %s on /newroot (ext4): %s", dev, strerror(errno));
+	size_t n = 0;
+	for (; n < NMOVED; n++) {
+		char to[32];
+		snprintf(to, sizeof to, "/newroot%s", moved[n]);
 		mkdir_quiet(to, 0755);
-		if (mount(from, to, NULL, MS_MOVE, NULL) < 0)
-			agent_fatal("move %s to %s: %s", from, to, strerror(errno));
+		if (mount(moved[n], to, NULL, MS_MOVE, NULL) < 0) {
+			fail(err, errlen, "move %s to %s: %s", moved[n], to, strerror(errno));
+			undo_newroot(n);
+			return -1;
+		}
 	}
-	if (chdir("/newroot") < 0)
-		agent_fatal("chdir /newroot: %s", strerror(errno));
-	free_initramfs();
+	int old_root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	/* The initramfs cannot be pivot_root'ed away: move the new root over / and chroot. */
-	if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
-		agent_fatal("move /newroot to /: %s", strerror(errno));
+	if (old_root < 0 || chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0) {
+		fail(err, errlen, "move /newroot to /: %s", strerror(errno));
+		if (chdir("/") < 0) {
+		}
+		if (old_root >= 0)
+			close(old_root);
+		undo_newroot(NMOVED);
+		return -1;
+	}
 	if (chroot(".") < 0 || chdir("/") < 0)
 		agent_fatal("chroot: %s", strerror(errno));
+	free_initramfs(old_root);
+	return 0;
 }
 
 static bool is_dir(const char *path)
@@ -251,6 +370,17 @@ static void mount_runtime(void)
 	symlink("/proc/self/fd/2", "/dev/stderr");
 }
 
+/* Boot steps 3 and 4; -1 with a message (and nothing changed) when the root cannot be mounted. */
+static int enter_root(const struct boot_config *cfg, char *err, size_t errlen)
+{
+	if (switch_root(cfg->root, err, errlen) < 0)
+		return -1;
+	root_is_mounted = true;
+	mount_runtime();
+	net_setup(cfg);
+	return 0;
+}
+
 void boot(struct boot_config *cfg)
 {
 	umask(022);
@@ -259,7 +389,33 @@ void boot(struct boot_config *cfg)
 	agent_log("starting, version %s", AGENT_VERSION);
 	read_config(cfg);
 	load_modules();
-	wait_for_block_device(cfg->root);
-	switch_root(cfg->root);
-	mount_runtime();
+	char err[300];
+	struct stat st;
+	if (wait_for_block_device(cfg->root, ROOT_WAIT_MS, &st, err, sizeof err) < 0)
+		agent_fatal("%s", err);
+	if (!cfg->wait_root) {
+		if (enter_root(cfg, err, sizeof err) < 0)
+			agent_fatal("%s", err);
+		return;
+	}
+	/* Recorded now, i.e. in the snapshot: a restore onto another disk is checked against it. */
+	if (block_device_size(cfg->root, false, &boot_disk.size, err, sizeof err) < 0)
+		agent_fatal("%s", err);
+	boot_disk.rdev = st.st_rdev;
+	boot_disk.known = true;
+	agent_log("cocoon.wait_root=1: waiting for ROOT (%s: %" PRIu64 " bytes)", cfg->root,
+		  boot_disk.size);
+}
+
+int boot_root(const struct boot_config *cfg, uint64_t *size, char *err, size_t errlen)
+{
+	struct stat st;
+	if (wait_for_block_device(cfg->root, ROOT_REQUEST_WAIT_MS, &st, err, errlen) < 0 ||
+	    block_device_size(cfg->root, true, size, err, errlen) < 0)
+		return -1;
+	agent_log("ROOT %s: %" PRIu64 " bytes", cfg->root, *size);
+	if (boot_disk.known && st.st_rdev == boot_disk.rdev && *size != boot_disk.size)
+		return fail(err, errlen, "disk size changed from %" PRIu64 " to %" PRIu64 " bytes",
+			    boot_disk.size, *size);
+	return enter_root(cfg, err, errlen);
 }

@@ -1,4 +1,5 @@
-/* Boot step 4: hostname, lo, eth0 and the default route, with plain ioctls (no tools). */
+/* Boot step 4: hostname, lo, eth0 and the default route, with plain ioctls (no tools). It runs at
+ * boot, or on the ROOT request (cocoon.wait_root=1). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <net/if.h>
@@ -104,6 +105,17 @@ static void add_default_route(int s, const char *ifname, struct in_addr gw)
 	rt.rt_dev = (char *)ifname;
 	if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST)
 		agent_log("default route via %s: %s", inet_ntoa(gw), strerror(errno));
+}
+
+const char *net_config_error(const struct boot_config *cfg)
+{
+	struct in_addr a;
+	int prefix;
+	if (strcmp(cfg->ip, "off") != 0 && parse_cidr(cfg->ip, &a, &prefix) < 0)
+		return "ip must be an IPv4 address/prefix or \"off\"";
+	if (cfg->gw[0] && strcmp(cfg->gw, "none") != 0 && inet_pton(AF_INET, cfg->gw, &a) != 1)
+		return "gateway must be an IPv4 address or \"none\"";
+	return NULL;
 }
 
 void net_setup(const struct boot_config *cfg)

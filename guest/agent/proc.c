@@ -368,7 +368,8 @@ _Noreturn void procs_shutdown(void)
 	while (waitpid(-1, NULL, WNOHANG) >= 0 && monotonic_ms() < deadline)
 		sleep_ms(5);
 	sync();
-	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
+	/* Before ROOT (cocoon.wait_root=1) / is still the initramfs: nothing to protect. */
+	if (root_mounted() && mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
 		agent_log("remount / read-only: %s", strerror(errno));
 	sync();
 	reboot(RB_AUTOBOOT);

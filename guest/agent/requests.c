@@ -1,7 +1,8 @@
 /* Request validation and the requests that finish at once: HELLO, FILE_WRITE, FILE_READ,
- * SET_CLOCK, ADD_ENTROPY, SYNC. Children are proc.c's. */
+ * SET_CLOCK, ADD_ENTROPY, SYNC, ROOT (its work is boot.c's). Children are proc.c's. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -306,6 +307,69 @@ static void add_entropy(uint32_t id, const struct item *seed)
 		reply_ok(id);
 }
 
+/* ROOT's items, with PROTOCOL.md's defaults for empty ones. Returns a bad_request reason or NULL. */
+static const char *get_root_config(const struct item *it, struct boot_config *cfg)
+{
+	boot_config_defaults(cfg);
+	struct {
+		char *dst;
+		size_t cap;
+		const char *what;
+	} fields[] = {
+		{cfg->root, sizeof cfg->root, "device"},
+		{cfg->hostname, sizeof cfg->hostname, "hostname"},
+		{cfg->ip, sizeof cfg->ip, "ip"},
+		{cfg->gw, sizeof cfg->gw, "gateway"},
+	};
+	static char why[64];
+	for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+		if (it[i].len == 0)
+			continue; /* the default */
+		if (it[i].len >= fields[i].cap || memchr(it[i].p, '\0', it[i].len)) {
+			snprintf(why, sizeof why, "%s: at most %zu bytes, no NUL", fields[i].what,
+				 fields[i].cap - 1);
+			return why;
+		}
+		memcpy(fields[i].dst, it[i].p, it[i].len);
+		fields[i].dst[it[i].len] = '\0';
+	}
+	if (cfg->root[0] != '/')
+		return "device must be an absolute path";
+	return net_config_error(cfg);
+}
+
+static void root(uint32_t id, const struct boot_config *cfg)
+{
+	if (root_mounted()) {
+		reply_error(id, "busy", "root already mounted");
+		return;
+	}
+	uint64_t size;
+	char err[400];
+	if (boot_root(cfg, &size, err, sizeof err) < 0) {
+		agent_log("ROOT failed: %s", err);
+		reply_error(id, "io", "%s", err);
+		return;
+	}
+	char text[24];
+	snprintf(text, sizeof text, "%" PRIu64, size);
+	msg_begin(id, MSG_OK);
+	msg_str(text);
+	msg_send();
+}
+
+/* Before ROOT (cocoon.wait_root=1) only these run: the rest needs the root disk. */
+static bool allowed_before_root(uint16_t type)
+{
+	switch (type) {
+	case MSG_HELLO: case MSG_SET_CLOCK: case MSG_ADD_ENTROPY: case MSG_SYNC: case MSG_SHUTDOWN:
+	case MSG_ROOT:
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* Items each request type takes; -1 = unknown type. */
 static int expected_items(uint16_t type)
 {
@@ -317,6 +381,7 @@ static int expected_items(uint16_t type)
 	case MSG_APP_START: return 4;
 	case MSG_APP_STOP: case MSG_SET_CLOCK: case MSG_ADD_ENTROPY: return 1;
 	case MSG_WAIT_PORT: return 2;
+	case MSG_ROOT: return 4;
 	default: return -1;
 	}
 }
@@ -325,6 +390,7 @@ static int expected_items(uint16_t type)
 static const char *dispatch(uint32_t id, uint16_t type, const struct item *it)
 {
 	struct spawn_req sr;
+	struct boot_config cfg;
 	uint32_t a, b, c;
 	uint64_t u;
 	char *path;
@@ -401,6 +467,12 @@ static const char *dispatch(uint32_t id, uint16_t type, const struct item *it)
 	case MSG_SHUTDOWN:
 		reply_ok(id);
 		procs_shutdown();
+	case MSG_ROOT:
+		what = get_root_config(it, &cfg);
+		if (what)
+			return what;
+		root(id, &cfg);
+		return NULL;
 	}
 	return "unknown type";
 }
@@ -423,6 +495,8 @@ void handle_frame(uint32_t id, uint16_t type, uint16_t reserved, const uint8_t *
 		bad = "items overrun the frame (or more than 8)";
 	else if (n != want)
 		reply_error(id, "bad_request", "type 0x%02x takes %d items, got %d", type, want, n);
+	else if (!root_mounted() && !allowed_before_root(type))
+		reply_error(id, "busy", "root not mounted yet");
 	else
 		bad = dispatch(id, type, items);
 	if (bad)

@@ -1,4 +1,6 @@
 /** Where each VM's and each snapshot's files live. Pure: path layout only, no I/O. */
+import { createHash } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 
 /** Linux caps unix socket paths (sun_path) at 107 bytes plus a NUL. */
@@ -8,6 +10,8 @@ const SHELL_SAFE_PATH = /^[A-Za-z0-9_./-]+$/;
 
 export interface VmPaths {
   dir: string;
+  /** Short private directory (mode 0700) for the VM's unix sockets, outside its deep data directory. */
+  socketDir: string;
   qmpSocket: string;
   agentSocket: string;
   serialLog: string;
@@ -21,12 +25,23 @@ export interface VmPaths {
   machine: string;
 }
 
+/**
+ * Unix socket paths (sun_path) hold only 107 bytes, and VM directories nest deeply (images per
+ * account, name and version), so sockets live in `<tmp>/cocoon-<uid>/<hash of the VM dir>/`.
+ */
+function socketDirFor(vmDir: string): string {
+  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+  return path.join(os.tmpdir(), `cocoon-${uid}`, createHash('sha256').update(vmDir).digest('hex').slice(0, 16));
+}
+
 export function vmPaths(dir: string): VmPaths {
   const abs = path.resolve(dir);
+  const socketDir = socketDirFor(abs);
   const paths: VmPaths = {
     dir: abs,
-    qmpSocket: path.join(abs, 'qmp.sock'),
-    agentSocket: path.join(abs, 'agent.sock'),
+    socketDir,
+    qmpSocket: path.join(socketDir, 'qmp.sock'),
+    agentSocket: path.join(socketDir, 'agent.sock'),
     serialLog: path.join(abs, 'serial.log'),
     qemuStderr: path.join(abs, 'qemu.stderr'),
     pidFile: path.join(abs, 'qemu.pid'),
@@ -37,7 +52,7 @@ export function vmPaths(dir: string): VmPaths {
   };
   for (const socket of [paths.qmpSocket, paths.agentSocket]) {
     if (socket.length > MAX_SOCKET_PATH) {
-      throw new RangeError(`VM directory ${abs} is too long: socket path ${socket} exceeds ${MAX_SOCKET_PATH} bytes`);
+      throw new RangeError(`socket path ${socket} exceeds ${MAX_SOCKET_PATH} bytes (set TMPDIR to a shorter directory)`);
     }
   }
   assertShellSafe(abs);

@@ -4,7 +4,7 @@
  * a validation launch → ACTIVE. User Dockerfiles are untrusted: every step runs in a VM.
  */
 import { createHash } from 'node:crypto';
-import { readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AppError, isAppError } from '../errors/errors.ts';
 import { httpGet, waitUntil } from '../host/http-probe.ts';
@@ -18,7 +18,8 @@ import { copyFromExport, exportFromGuest, exportPath, fileExists } from './stage
 import { describeStep, planBuild, type BuildPlan, type CopyStep, type Stage, type Step } from './dockerfile/index.ts';
 import { LayerStore } from './layers.ts';
 import { waitUntilReady } from './readiness.ts';
-import { ImageRecords, type ImageRecord } from './records.ts';
+import type { ImageRecord } from './records.ts';
+import type { ImageRepository, StoredImage } from '../store/index.ts';
 
 export type BaseImageName = 'tiny' | 'debian';
 
@@ -43,6 +44,7 @@ export interface BuildRequest {
 export interface BuilderDeps {
   driver: VmDriver;
   dataDir: string;
+  images: ImageRepository;
   /** Builds (first time) or finds a base root filesystem. */
   baseImage: (name: BaseImageName) => Promise<BaseImage>;
   /** Egress proxy socket for build steps (apt, npm, curl …); runtime VMs get none. */
@@ -70,13 +72,11 @@ interface BuildRun {
 }
 
 export class ImageBuilder {
-  readonly records: ImageRecords;
   readonly layers: LayerStore;
   /** One build at a time: builds are CPU-bound VMs, and steps of equal keys must not race. */
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly deps: BuilderDeps) {
-    this.records = new ImageRecords(path.join(deps.dataDir, 'images'));
     this.layers = new LayerStore(path.join(deps.dataDir, 'layers'));
   }
 
@@ -85,23 +85,29 @@ export class ImageBuilder {
    * FAILED (its layers stay cached, so a new create resumes where it stopped).
    */
   async reconcile(): Promise<ImageRecord[]> {
-    const interrupted: ImageRecord[] = [];
-    for (const name of await this.records.names()) {
-      for (const record of await this.records.list(name)) {
-        if (record.state !== 'CREATING') continue;
-        record.state = 'FAILED';
-        record.stateReason = 'the build was interrupted (Cocoon stopped during it); create the image again to resume from the cached steps';
-        record.stateReasonCode = 'image.build_failed';
-        await this.records.save(record);
-        await rm(path.join(this.records.versionDir(record.name, record.version), 'work'), { recursive: true, force: true });
-        interrupted.push(record);
-      }
+    const interrupted = await this.deps.images.listCreating();
+    for (const record of interrupted) {
+      record.state = 'FAILED';
+      record.stateReason = 'the build was interrupted (Cocoon stopped during it); create the image again to resume from the cached steps';
+      record.stateReasonCode = 'image.build_failed';
+      await this.deps.images.save(record);
+      await rm(path.join(this.versionDir(record), 'work'), { recursive: true, force: true });
     }
     return interrupted;
   }
 
+  /** The template snapshot of an ACTIVE version: what every launch restores. */
+  async templateOf(record: Pick<StoredImage, 'accountId' | 'name' | 'version'>): Promise<TemplateSnapshot> {
+    return JSON.parse(await readFile(templatePaths(path.join(this.versionDir(record), 'template')).meta, 'utf8')) as TemplateSnapshot;
+  }
+
+  /** The version's files: build log, template snapshot, and the build's scratch space. */
+  versionDir(record: Pick<StoredImage, 'accountId' | 'name' | 'version'>): string {
+    return path.join(this.deps.dataDir, 'images', record.accountId, record.name, record.version);
+  }
+
   /** Records a CREATING version at once; `done` settles with the final record (ACTIVE or FAILED). */
-  async create(request: BuildRequest, onLine?: (line: string) => void): Promise<{ record: ImageRecord; done: Promise<ImageRecord> }> {
+  async create(accountId: string, request: BuildRequest, onLine?: (line: string) => void): Promise<{ record: StoredImage; done: Promise<StoredImage> }> {
     const timeoutSeconds = request.readinessTimeoutSeconds ?? 300;
     if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > 3600) {
       throw new AppError('config.invalid', 'readinessTimeoutSeconds must be a whole number from 1 to 3600');
@@ -109,7 +115,7 @@ export class ImageBuilder {
     for (const port of [request.appPort, request.hooksPort]) {
       if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) throw new AppError('config.invalid', `port ${port} is not 1–65535`);
     }
-    const record = await this.records.createVersion({
+    const record = await this.deps.images.createVersion(accountId, {
       name: request.name,
       codeArtifact: { uri: request.codeArtifactUri },
       appPort: request.appPort ?? DEFAULT_APP_PORT,
@@ -117,15 +123,16 @@ export class ImageBuilder {
       readinessTimeoutSeconds: timeoutSeconds,
       memoryMiB: request.memoryMiB ?? 512,
     });
-    const log = new BuildLog(path.join(this.records.versionDir(record.name, record.version), 'build.log'));
+    await mkdir(this.versionDir(record), { recursive: true });
+    const log = new BuildLog(path.join(this.versionDir(record), 'build.log'));
     if (onLine) log.on('line', onLine);
     const done = this.queue.then(() => this.build(record, request, log));
     this.queue = done.catch(() => {});
     return { record, done };
   }
 
-  private async build(record: ImageRecord, request: BuildRequest, log: BuildLog): Promise<ImageRecord> {
-    const versionDir = this.records.versionDir(record.name, record.version);
+  private async build(record: StoredImage, request: BuildRequest, log: BuildLog): Promise<StoredImage> {
+    const versionDir = this.versionDir(record);
     const workDir = path.join(versionDir, 'work');
     const started = Date.now();
     const timings: Record<string, number> = {};
@@ -145,7 +152,7 @@ export class ImageBuilder {
       record.warnings = plan.warnings;
       record.runtime = plan.runtime;
       record.appPort = request.appPort ?? plan.runtime.exposedPorts[0] ?? DEFAULT_APP_PORT;
-      await this.records.save(record);
+      await this.deps.images.save(record);
 
       timings.stepsMs = -Date.now();
       const build: BuildRun = { plan, contextDir: extracted.rootDir, workDir, log, live, exports: new Set() };
@@ -175,7 +182,7 @@ export class ImageBuilder {
     } finally {
       await Promise.all([...live].map((vm) => this.deps.driver.stop(vm).catch(() => {})));
       await rm(workDir, { recursive: true, force: true });
-      await this.records.save(record);
+      await this.deps.images.save(record);
       await log.close();
     }
     return record;

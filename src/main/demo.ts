@@ -3,13 +3,13 @@
  * image from an example (zip + Dockerfile, steps run inside a VM, running app snapshotted),
  * launches clones from the snapshot, suspends and resumes one, and prints timings.
  */
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { httpGet, waitUntil } from '../host/http-probe.ts';
 import { zipDirectory } from '../host/zip-dir.ts';
-import type { RunningVm, TemplateSnapshot } from '../vmm/driver.ts';
+import type { RunningVm } from '../vmm/driver.ts';
 import { loadConfig } from '../config/config.ts';
 import { startEngine } from './engine.ts';
 import { startImageService } from './images.ts';
@@ -47,14 +47,13 @@ try {
   const zipPath = path.join(runDir, `${values.example}.zip`);
   await zipDirectory(exampleDir, zipPath);
   say(`\n== create-microvm-image --name ${values.example} --code-artifact uri=${path.relative(process.cwd(), zipPath)}`);
-  const { record: creating, done } = await images.builder.create({ name: values.example, codeArtifactUri: zipPath }, (line) => say(`  build | ${line.slice(25)}`));
+  const { record: creating, done } = await images.builder.create(images.adminAccountId, { name: values.example, codeArtifactUri: zipPath }, (line) => say(`  build | ${line.slice(25)}`));
   say(`  ${creating.arn}: ${creating.state}`);
   const image = await done;
   say(`  ${image.arn}: ${image.state}${image.stateReason ? ` — ${image.stateReason}` : ''}`);
   if (image.state !== 'ACTIVE') process.exitCode = 1;
   else {
-    const templateDir = path.join(images.builder.records.versionDir(image.name, image.version), 'template');
-    const template = JSON.parse(await readFile(path.join(templateDir, 'template.json'), 'utf8')) as TemplateSnapshot;
+    const template = await images.builder.templateOf(image);
     say(`  build took ${((image.timingsMs?.totalMs ?? 0) / 1000).toFixed(1)} s (steps ${((image.timingsMs?.stepsMs ?? 0) / 1000).toFixed(1)} s)`);
 
     say(`\n== launching ${values.clones} MicroVMs from the snapshot`);

@@ -43,8 +43,8 @@ test('migrations apply once and reopening is a no-op', async () => {
 
 test('processes opening a new database at once apply each migration once', async () => {
   const file = freshDbFile();
-  const results = await Promise.all([0, 1, 2].map(() => exited(spawnChild(['open', file]))));
-  assert.deepEqual(results, [0, 1, 2].map(() => ({ code: 0, signal: null })));
+  const results = await Promise.all([0, 1].map(() => exited(spawnChild(['open', file]))));
+  assert.deepEqual(results, [0, 1].map(() => ({ code: 0, signal: null })));
   assert.deepEqual(appliedVersions(file), migrations.map((_, i) => i + 1));
 });
 

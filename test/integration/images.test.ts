@@ -8,8 +8,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { startTestS3, type TestS3 } from '../../src/images/artifact/test-s3.ts';
 import { buildZip, unixSymlink } from '../../src/images/artifact/test-zip.ts';
-import type { ImageRecord } from '../../src/images/records.ts';
+import type { StoredImage } from '../../src/store/index.ts';
 import { httpGet } from '../../src/host/http-probe.ts';
 import { zipDirectory } from '../../src/host/zip-dir.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
@@ -20,15 +21,18 @@ const EXAMPLE = fileURLToPath(new URL('../../examples/tiny-httpd', import.meta.u
 let engine: Engine;
 let images: ImageService;
 let workDir: string;
+let s3: TestS3;
 
 before(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-img-'));
+  s3 = await startTestS3(workDir, ['artifacts']);
   engine = await startEngine({ log: (line) => console.log(`# ${line}`) });
-  images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: {} });
+  images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: s3.config });
 });
 
 after(async () => {
   await images.close();
+  await s3.close();
   await engine.driver.idle();
   await rm(workDir, { recursive: true, force: true });
 });
@@ -39,20 +43,19 @@ async function zipOf(files: Record<string, string>, name: string): Promise<strin
   return zipPath;
 }
 
-async function build(name: string, uri: string, extra: { readinessTimeoutSeconds?: number } = {}): Promise<{ record: ImageRecord; log: string[] }> {
+async function build(name: string, uri: string, extra: { readinessTimeoutSeconds?: number } = {}): Promise<{ record: StoredImage; log: string[] }> {
   const log: string[] = [];
-  const { record, done } = await images.builder.create({ name, codeArtifactUri: uri, memoryMiB: 128, ...extra }, (line) => log.push(line));
+  const { record, done } = await images.builder.create(images.adminAccountId, { name, codeArtifactUri: uri, memoryMiB: 128, ...extra }, (line) => log.push(line));
   assert.equal(record.state, 'CREATING');
   return { record: await done, log };
 }
 
-function templateOf(record: ImageRecord): Promise<TemplateSnapshot> {
-  const dir = path.join(images.builder.records.versionDir(record.name, record.version), 'template');
-  return readFile(path.join(dir, 'template.json'), 'utf8').then((text) => JSON.parse(text) as TemplateSnapshot);
+function templateOf(record: StoredImage): Promise<TemplateSnapshot> {
+  return images.builder.templateOf(record);
 }
 
 describe('the tiny-httpd example', () => {
-  let first: ImageRecord;
+  let first: StoredImage;
 
   test('builds inside a VM and becomes ACTIVE with its build facts recorded', async () => {
     const zipPath = path.join(workDir, 'tiny-httpd.zip');
@@ -102,6 +105,17 @@ describe('the tiny-httpd example', () => {
   });
 });
 
+test('an artifact from s3://bucket/key builds like a local one', async () => {
+  const zipPath = path.join(workDir, 'from-s3.zip');
+  await zipDirectory(EXAMPLE, zipPath);
+  await s3.put('artifacts', 'apps/tiny-httpd.zip', await readFile(zipPath));
+  const { record } = await build('from-s3', 's3://artifacts/apps/tiny-httpd.zip');
+  assert.equal(record.state, 'ACTIVE', record.stateReason);
+  assert.equal(record.codeArtifact.uri, 's3://artifacts/apps/tiny-httpd.zip');
+  const missing = await build('from-s3', 's3://artifacts/apps/missing.zip');
+  assert.equal(missing.record.stateReasonCode, 'artifact.not_found');
+});
+
 describe('builds that must fail, with the reason', () => {
   test('a failing RUN step names its line and exit code, and its output is in the log', async () => {
     const uri = await zipOf({ Dockerfile: 'FROM cocoon/tiny\nRUN echo about to fail && exit 7\nCMD ["httpd", "-f", "-p", "8080"]\n' }, 'failing-run');
@@ -147,10 +161,10 @@ describe('builds that must fail, with the reason', () => {
 });
 
 test('a build interrupted by a restart is marked FAILED, not left CREATING', async () => {
-  const stale = await images.builder.records.createVersion({ name: 'interrupted', codeArtifact: { uri: 'x.zip' }, appPort: 8080, hooksPort: 9000, readinessTimeoutSeconds: 60, memoryMiB: 128 });
+  const stale = await images.store.images.createVersion(images.adminAccountId, { name: 'interrupted', codeArtifact: { uri: 'x.zip' }, appPort: 8080, hooksPort: 9000, readinessTimeoutSeconds: 60, memoryMiB: 128 });
   const reconciled = await images.builder.reconcile();
   assert.deepEqual(reconciled.map((r) => r.arn), [stale.arn]);
-  const reread = await images.builder.records.get('interrupted', stale.version);
+  const reread = await images.store.images.get(images.adminAccountId, 'interrupted', stale.version);
   assert.equal(reread.state, 'FAILED');
   assert.match(reread.stateReason!, /interrupted/);
 });

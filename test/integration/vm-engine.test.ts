@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { isAppError } from '../../src/errors/errors.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
+import { vmPaths } from '../../src/host/paths.ts';
 import type { RunningVm, SuspendedVm, TemplateSnapshot } from '../../src/vmm/driver.ts';
 import { httpGet } from '../../src/host/http-probe.ts';
 
@@ -209,6 +210,7 @@ describe('template snapshot, clones, suspend and resume', () => {
     assert.equal(pidAlive(vm.pid), false);
     const leftovers = (await readdir(vm.dir)).filter((f) => /state|\.sock$|\.pid$/.test(f));
     assert.deepEqual(leftovers, []);
+    assert.equal(existsSync(vmPaths(vm.dir).socketDir), false, 'the socket directory must be gone');
   });
 
   test('killing QEMU during an exec fails the exec with guest.disconnected', async () => {

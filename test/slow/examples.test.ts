@@ -3,7 +3,7 @@
  * each builds, launches from its snapshot and answers. `npm run test:slow`.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -12,7 +12,6 @@ import { httpGet, waitUntil } from '../../src/host/http-probe.ts';
 import { zipDirectory } from '../../src/host/zip-dir.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
 import { startImageService, type ImageService } from '../../src/main/images.ts';
-import type { TemplateSnapshot } from '../../src/vmm/driver.ts';
 
 let engine: Engine;
 let images: ImageService;
@@ -35,11 +34,10 @@ for (const [example, expected] of [['flask', /hello from Flask/], ['node-ws', /h
     const zipPath = path.join(workDir, `${example}.zip`);
     await zipDirectory(fileURLToPath(new URL(`../../examples/${example}`, import.meta.url)), zipPath);
     const log: string[] = [];
-    const { done } = await images.builder.create({ name: example, codeArtifactUri: zipPath }, (line) => log.push(line));
+    const { done } = await images.builder.create(images.adminAccountId, { name: example, codeArtifactUri: zipPath }, (line) => log.push(line));
     const record = await done;
     assert.equal(record.state, 'ACTIVE', `${record.stateReason}\n${log.slice(-30).join('\n')}`);
-    const templateDir = path.join(images.builder.records.versionDir(record.name, record.version), 'template');
-    const template = JSON.parse(await readFile(path.join(templateDir, 'template.json'), 'utf8')) as TemplateSnapshot;
+    const template = await images.builder.templateOf(record);
     const vm = await engine.driver.launch(template, path.join(workDir, `${example}-vm`));
     try {
       await waitUntil(async () => expected.test((await httpGet(vm.hostPort(8080), '/')).body), 60_000, 100);

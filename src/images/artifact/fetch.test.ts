@@ -4,46 +4,26 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { after, before, test } from 'node:test';
-import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { isAppError, type ErrorCode } from '../../errors/errors.ts';
 import { fetchArtifact, parseArtifactUri, storeUploadedArtifact, type S3Config } from './fetch.ts';
+import { startTestS3, type TestS3 } from './test-s3.ts';
 import { buildZip } from './test-zip.ts';
-
-// s3rver ships no types; this is the part of its API the test uses.
-interface S3rverInstance { run(): Promise<AddressInfo>; close(): Promise<void> }
-type S3rverConstructor = new (options: Record<string, unknown>) => S3rverInstance;
-const S3rver = createRequire(import.meta.url)('s3rver') as S3rverConstructor;
 
 const dir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-fetch-test-'));
 const zip = buildZip([{ name: 'Dockerfile', data: 'FROM debian:12\n' }]);
 const zipSha256 = createHash('sha256').update(zip).digest('hex');
-let server: S3rverInstance;
+let server: TestS3;
 let s3: S3Config;
 
 before(async () => {
-  server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: path.join(dir, 's3rver') });
-  const { port } = await server.run();
-  s3 = {
-    endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true,
-    accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER',
-  };
-  const client = new S3Client({
-    endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true,
-    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
-  });
-  try {
-    await client.send(new CreateBucketCommand({ Bucket: 'artifacts' }));
-    await client.send(new PutObjectCommand({ Bucket: 'artifacts', Key: 'apps/hello world.zip', Body: zip }));
-  } finally {
-    client.destroy();
-  }
+  server = await startTestS3(dir, ['artifacts']);
+  s3 = server.config;
+  await server.put('artifacts', 'apps/hello world.zip', zip);
 });
 
 after(async () => {

@@ -226,6 +226,8 @@ export class QemuDriver implements VmDriver {
   ): Promise<QemuVm> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     await removeRuntimeFiles(paths);
+    // Only Cocoon may talk to a VM's QMP and agent sockets.
+    await mkdir(paths.socketDir, { recursive: true, mode: 0o700 });
     const forwards = await Promise.all(record.guestPorts.map(async (guestPort) => ({ guestPort, hostPort: await freeLoopbackPort() })));
     const argv = qemuArgv({
       machine: record.machine, ram, diskPath, forwards,
@@ -317,5 +319,5 @@ async function waitForMigration(qmp: QmpClient, timeoutMs: number): Promise<stri
 }
 
 async function removeRuntimeFiles(paths: VmPaths): Promise<void> {
-  await Promise.all([paths.qmpSocket, paths.agentSocket, paths.pidFile].map((file) => rm(file, { force: true })));
+  await Promise.all([paths.socketDir, paths.pidFile].map((file) => rm(file, { recursive: true, force: true })));
 }

@@ -30,7 +30,7 @@ export class QemuProcess {
   readonly exited: Promise<ExitInfo>;
   private exitInfo: ExitInfo | undefined;
 
-  private constructor(private readonly child: ChildProcess, readonly pid: number, private readonly stderrPath: string) {
+  private constructor(child: ChildProcess, readonly pid: number, private readonly stderrPath: string) {
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         owned.delete(pid);
