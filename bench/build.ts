@@ -7,12 +7,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { zipDirectory } from '../src/host/zip-dir.ts';
+import { loadConfig } from '../src/config/config.ts';
 import { startEngine } from '../src/main/engine.ts';
 import { startImageService } from '../src/main/images.ts';
 
 const say = (line: string): void => console.log(line);
 const workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-bench-build-'));
-const engine = await startEngine({ log: say });
+const engine = await startEngine({ config: loadConfig({ dataDir: path.join(workDir, 'data') }), log: say });
 const images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: {} }, say);
 
 /** Builds the example, then again after changing one code file; returns both create→ACTIVE times. */

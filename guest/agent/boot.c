@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -197,6 +199,59 @@ static int wait_for_block_device(const char *dev, int wait_ms, struct stat *st, 
 	}
 }
 
+static int write_sysfs(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = write(fd, value, strlen(value));
+	int e = errno;
+	close(fd);
+	errno = e;
+	return n == (ssize_t)strlen(value) ? 0 : -1;
+}
+
+/* After a snapshot restore, virtio_blk still reports the capacity of the disk attached when the
+ * snapshot was taken: it reads the capacity at probe time and on a config-change interrupt,
+ * neither of which a restore gives. Unbinding and binding the driver probes the disk again, so
+ * the capacity is the current disk's (and its page cache starts empty). Returns 0 when re-probed,
+ * 1 when the device is not a virtio_blk disk (nothing done), -1 with a message. */
+static int reprobe_virtio_blk(const char *dev, const struct stat *st, char *err, size_t errlen)
+{
+	char link[64], sys_path[PATH_MAX], drv[PATH_MAX];
+	/* /sys/devices/.../virtio0/block/vda (or .../block/vda/vda1 for a partition) */
+	snprintf(link, sizeof link, "/sys/dev/block/%u:%u", major(st->st_rdev), minor(st->st_rdev));
+	if (!realpath(link, sys_path))
+		return fail(err, errlen, "%s: %s: %s", dev, link, strerror(errno));
+	char *block = strstr(sys_path, "/block/");
+	if (!block)
+		return 1;
+	*block = '\0';
+	char driver_link[PATH_MAX + 8];
+	snprintf(driver_link, sizeof driver_link, "%s/driver", sys_path);
+	ssize_t n = readlink(driver_link, drv, sizeof drv - 1);
+	if (n < 0)
+		return 1;
+	drv[n] = '\0';
+	const char *slash = strrchr(drv, '/');
+	if (strcmp(slash ? slash + 1 : drv, "virtio_blk") != 0)
+		return 1;
+	char vdev[64]; /* virtio0 */
+	snprintf(vdev, sizeof vdev, "%s", strrchr(sys_path, '/') + 1);
+	*block = '/';
+	if (write_sysfs("/sys/bus/virtio/drivers/virtio_blk/unbind", vdev) < 0)
+		return fail(err, errlen, "unbind %s (%s) from virtio_blk: %s", vdev, dev, strerror(errno));
+	if (write_sysfs("/sys/bus/virtio/drivers/virtio_blk/bind", vdev) < 0)
+		return fail(err, errlen, "bind %s (%s) to virtio_blk: %s", vdev, dev, strerror(errno));
+	/* The probe is synchronous; the disk must come back under its old name. */
+	struct stat now;
+	if (stat(sys_path, &now) < 0 || wait_for_block_device(dev, ROOT_REQUEST_WAIT_MS, &now, err,
+							      errlen) < 0 || now.st_rdev != st->st_rdev)
+		return fail(err, errlen, "%s did not come back as %s after re-probing %s", sys_path,
+			    dev, vdev);
+	return 0;
+}
+
 /* "Buffers:" of /proc/meminfo: the page cache of all block devices, in kB (-1 if unknown). */
 static long buffers_kb(void)
 {
@@ -212,7 +267,7 @@ static long buffers_kb(void)
 }
 
 /* The device's size in bytes; with `flush`, first drops every cached page of it. */
-static int block_device_size(const char *dev, bool flush, uint64_t *size, char *err, size_t errlen)
+static int block_device_size(const char *dev, uint64_t *size, bool flush, char *err, size_t errlen)
 {
 	int fd = open(dev, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -221,7 +276,6 @@ static int block_device_size(const char *dev, bool flush, uint64_t *size, char *
 		/* A restored snapshot's kernel may still cache pages (partition table, ext4
 		 * superblock) read from the disk attached when the snapshot was taken; the disk
 		 * attached now is another file. Nothing is mounted, so every page can go. */
-		long before = buffers_kb();
 		if (ioctl(fd, BLKFLSBUF, 0) < 0) {
 			int e = errno;
 			close(fd);
@@ -230,8 +284,6 @@ static int block_device_size(const char *dev, bool flush, uint64_t *size, char *
 		int e = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 		if (e)
 			agent_log("posix_fadvise %s DONTNEED: %s", dev, strerror(e));
-		agent_log("%s: dropped its cached pages (block device cache %ld kB -> %ld kB)", dev,
-			  before, buffers_kb());
 	}
 	if (ioctl(fd, BLKGETSIZE64, size) < 0) {
 		int e = errno;
@@ -399,7 +451,7 @@ void boot(struct boot_config *cfg)
 		return;
 	}
 	/* Recorded now, i.e. in the snapshot: a restore onto another disk is checked against it. */
-	if (block_device_size(cfg->root, false, &boot_disk.size, err, sizeof err) < 0)
+	if (block_device_size(cfg->root, &boot_disk.size, false, err, sizeof err) < 0)
 		agent_fatal("%s", err);
 	boot_disk.rdev = st.st_rdev;
 	boot_disk.known = true;
@@ -410,12 +462,28 @@ void boot(struct boot_config *cfg)
 int boot_root(const struct boot_config *cfg, uint64_t *size, char *err, size_t errlen)
 {
 	struct stat st;
+	uint64_t before;
+	long cache_kb[2] = {buffers_kb(), -1}; /* what the snapshot's kernel had cached */
 	if (wait_for_block_device(cfg->root, ROOT_REQUEST_WAIT_MS, &st, err, errlen) < 0 ||
-	    block_device_size(cfg->root, true, size, err, errlen) < 0)
+	    block_device_size(cfg->root, &before, false, err, errlen) < 0)
 		return -1;
-	agent_log("ROOT %s: %" PRIu64 " bytes", cfg->root, *size);
-	if (boot_disk.known && st.st_rdev == boot_disk.rdev && *size != boot_disk.size)
+	/* The size the snapshot's kernel saw: recorded at boot for cocoon.root=, else the one the
+	 * driver still reports. */
+	uint64_t expected = boot_disk.known && st.st_rdev == boot_disk.rdev ? boot_disk.size : before;
+	int64_t t0 = monotonic_ms();
+	int reprobed = reprobe_virtio_blk(cfg->root, &st, err, errlen);
+	int64_t reprobe_ms = monotonic_ms() - t0;
+	if (reprobed < 0 || block_device_size(cfg->root, size, true, err, errlen) < 0)
+		return -1;
+	cache_kb[1] = buffers_kb();
+	agent_log("ROOT %s: %" PRIu64 " bytes (%s%" PRId64 " ms; block device cache %ld kB, "
+		  "after dropping %ld kB)", cfg->root, *size,
+		  reprobed == 0 ? "virtio_blk re-probed in " : "not virtio_blk: size not re-read, ",
+		  reprobe_ms, cache_kb[0], cache_kb[1]);
+	/* A re-probed driver reports the new disk's real size; without a re-probe it would still
+	 * report the snapshot's, so a different size is refused. */
+	if (reprobed != 0 && *size != expected)
 		return fail(err, errlen, "disk size changed from %" PRIu64 " to %" PRIu64 " bytes",
-			    boot_disk.size, *size);
+			    expected, *size);
 	return enter_root(cfg, err, errlen);
 }

@@ -245,6 +245,19 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     ]);
   }
 
+  /**
+   * Mounts the root disk of a VM started with `cocoon.wait_root=1` (a restored boot snapshot) and
+   * configures its network; returns the disk's size as the guest sees it.
+   */
+  async root(options: { hostname: string; device?: string }): Promise<number> {
+    const [size] = await this.simple(RequestType.ROOT, [
+      item.string(options.device ?? ''), item.string(options.hostname), item.string(''), item.string(''),
+    ], 1);
+    const bytes = Number(read.text(size!, 32));
+    if (!Number.isSafeInteger(bytes)) throw this.violation('ROOT answered a size that is not a number');
+    return bytes;
+  }
+
   async sync(): Promise<void> {
     await this.simple(RequestType.SYNC, [], 0);
   }

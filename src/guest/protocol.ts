@@ -20,6 +20,7 @@ export const RequestType = {
   ADD_ENTROPY: 0x09,
   SYNC: 0x0a,
   SHUTDOWN: 0x0b,
+  ROOT: 0x0c,
 } as const;
 
 export const ReplyType = {

@@ -2,7 +2,7 @@
  * Wires the VM engine together: guest artifacts (kernel, initramfs, root filesystems), the
  * accelerator choice for this host, and the QEMU driver.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, link, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import { loadConfig, type Config } from '../config/config.ts';
 import path from 'node:path';
@@ -15,6 +15,8 @@ const KVM_PROBE_TIMEOUT_MS = 20_000;
 
 export interface Engine {
   driver: QemuDriver;
+  /** Content-addressed kernel and initramfs every VM boots (benchmarks build a cold-boot driver from them). */
+  bootFiles: { kernelPath: string; initramfsPath: string };
   artifacts: GuestArtifacts;
   accelerator: AcceleratorChoice;
 }
@@ -23,7 +25,8 @@ export async function startEngine(options: { config?: Config; debian?: boolean; 
   const config = options.config ?? loadConfig();
   const log = options.log ?? (() => {});
   const artifacts = await ensureGuestArtifacts({ debian: options.debian ?? false, log });
-  const kvmDriver = await QemuDriver.create({ accelerator: 'kvm', artifacts });
+  const boot = await pinBootFiles(artifacts, path.join(config.dataDir, 'guest'));
+  const kvmDriver = await QemuDriver.create({ accelerator: 'kvm', artifacts: boot });
   const accelerator = await chooseAccelerator({
     cacheDir: config.cacheDir,
     qemuVersion: kvmDriver.qemuVersion,
@@ -34,8 +37,31 @@ export async function startEngine(options: { config?: Config; debian?: boolean; 
     },
   });
   log(`accelerator: ${accelerator.accelerator} (${accelerator.reason})`);
-  const driver = await QemuDriver.create({ accelerator: accelerator.accelerator, artifacts });
-  return { driver, artifacts, accelerator };
+  const driver = await QemuDriver.create({ accelerator: accelerator.accelerator, artifacts: boot, bootSnapshotDir: path.join(config.dataDir, 'guest', 'boot-snapshots') });
+  return { driver, bootFiles: boot, artifacts, accelerator };
+}
+
+/**
+ * Templates record the kernel and initramfs they booted with, while `build/guest/` is rebuilt in
+ * place: VMs boot from content-addressed copies under the data directory instead (hard links when
+ * possible), which never change.
+ */
+async function pinBootFiles(artifacts: GuestArtifacts, dir: string): Promise<{ kernelPath: string; initramfsPath: string }> {
+  const pin = async (source: string, sha256: string | undefined, name: string): Promise<string> => {
+    if (!sha256) throw new Error(`the guest manifest has no sha256 for ${name}`);
+    const target = path.join(dir, `${sha256.slice(0, 16)}-${name}`);
+    if (await stat(target).then(() => true, () => false)) return target;
+    await mkdir(dir, { recursive: true });
+    const temp = `${target}.tmp-${process.pid}`;
+    await link(source, temp).catch(() => copyFile(source, temp));
+    await rename(temp, target);
+    return target;
+  };
+  const { manifest } = artifacts;
+  return {
+    kernelPath: await pin(artifacts.kernelPath, manifest.artifacts.vmlinux?.sha256, 'vmlinux'),
+    initramfsPath: await pin(artifacts.initramfsPath, manifest.artifacts.initramfs?.sha256, 'initramfs.cpio'),
+  };
 }
 
 async function probeBoot(driver: QemuDriver, rootfsPath: string): Promise<boolean> {

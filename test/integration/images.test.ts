@@ -13,6 +13,7 @@ import { buildZip, unixSymlink } from '../../src/images/artifact/test-zip.ts';
 import type { StoredImage } from '../../src/store/index.ts';
 import { httpGet } from '../../src/host/http-probe.ts';
 import { zipDirectory } from '../../src/host/zip-dir.ts';
+import { loadConfig } from '../../src/config/config.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
 import { startImageService, type ImageService } from '../../src/main/images.ts';
 import type { TemplateSnapshot } from '../../src/vmm/driver.ts';
@@ -26,7 +27,7 @@ let s3: TestS3;
 before(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-img-'));
   s3 = await startTestS3(workDir, ['artifacts']);
-  engine = await startEngine({ log: (line) => console.log(`# ${line}`) });
+  engine = await startEngine({ config: loadConfig({ dataDir: path.join(workDir, 'data') }), log: (line) => console.log(`# ${line}`) });
   images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: s3.config });
 });
 

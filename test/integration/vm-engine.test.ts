@@ -11,6 +11,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { isAppError } from '../../src/errors/errors.ts';
+import { loadConfig } from '../../src/config/config.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
 import { vmPaths } from '../../src/host/paths.ts';
 import type { RunningVm, SuspendedVm, TemplateSnapshot } from '../../src/vmm/driver.ts';
@@ -60,7 +61,7 @@ function safeRead(file: string): string {
 
 before(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-it-'));
-  engine = await startEngine({ log: (line) => console.log(`# ${line}`) });
+  engine = await startEngine({ config: loadConfig({ dataDir: path.join(workDir, 'data') }), log: (line) => console.log(`# ${line}`) });
 });
 
 after(async () => {
@@ -76,7 +77,7 @@ describe('a cold-booted tiny VM', () => {
   after(() => stop(vm));
 
   test('reports the agent and protocol versions', () => {
-    assert.equal(vm.agent.agentVersion, '1.0');
+    assert.equal(vm.agent.agentVersion, engine.artifacts.manifest.agent.version);
     assert.ok(vm.pid > 0);
     assert.equal(readPidFile(vm), vm.pid);
   });

@@ -10,6 +10,7 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { httpGet, waitUntil } from '../../src/host/http-probe.ts';
 import { zipDirectory } from '../../src/host/zip-dir.ts';
+import { loadConfig } from '../../src/config/config.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
 import { startImageService, type ImageService } from '../../src/main/images.ts';
 
@@ -19,7 +20,7 @@ let workDir: string;
 
 before(async () => {
   workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-slow-'));
-  engine = await startEngine({ debian: true, log: (line) => console.log(`# ${line}`) });
+  engine = await startEngine({ config: loadConfig({ dataDir: path.join(workDir, 'data') }), debian: true, log: (line) => console.log(`# ${line}`) });
   images = await startImageService(engine, { dataDir: path.join(workDir, 'data'), s3: {} });
 });
 

@@ -102,6 +102,8 @@ export interface KernelCmdlineOptions {
   /** Host TSC frequency: without it ~8% of microvm boots hang calibrating the TSC. */
   tscKhz: number | undefined;
   hostname: string;
+  /** The agent waits for a ROOT request before mounting the root disk (boot snapshots). */
+  waitRoot?: boolean;
 }
 
 export function kernelCmdline(options: KernelCmdlineOptions): string {
@@ -110,6 +112,7 @@ export function kernelCmdline(options: KernelCmdlineOptions): string {
     ...(options.tscKhz ? [`tsc_early_khz=${options.tscKhz}`] : []),
     'cocoon.root=/dev/vda',
     `cocoon.hostname=${options.hostname}`,
+    ...(options.waitRoot ? ['cocoon.wait_root=1'] : []),
   ].join(' ');
 }
 

@@ -2,12 +2,14 @@
  * QEMU implementation of the VM driver: cold boot, template snapshot, copy-on-write launch,
  * suspend and resume. Snapshots are QEMU migration streams written through `exec:` URIs.
  */
+import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { AppError } from '../../errors/errors.ts';
 import { AgentClient } from '../../guest/client.ts';
 import { fsyncPath, renameDurably, writeFileAtomic } from '../../host/files.ts';
-import { templatePaths, vmPaths, type VmPaths } from '../../host/paths.ts';
+import { assertShellSafe, templatePaths, vmPaths, type VmPaths } from '../../host/paths.ts';
 import { run } from '../../host/run.ts';
 import { freeLoopbackPort } from '../../host/sockets.ts';
 import type {
@@ -62,6 +64,7 @@ export class QemuDriver implements VmDriver {
     private readonly artifacts: GuestArtifacts,
     readonly qemuVersion: string,
     private readonly tscKhz: number | undefined,
+    private readonly bootSnapshotDir: string | undefined,
   ) {}
 
   private readonly overlays = new OverlayPool();
@@ -71,10 +74,14 @@ export class QemuDriver implements VmDriver {
     await this.overlays.idle();
   }
 
-  static async create(options: { accelerator: Accelerator; artifacts: GuestArtifacts }): Promise<QemuDriver> {
+  /**
+   * `bootSnapshotDir`: where boot snapshots are kept. With it, `boot` restores a VM saved right
+   * after its kernel booted (before the root disk was mounted) instead of booting a kernel.
+   */
+  static async create(options: { accelerator: Accelerator; artifacts: GuestArtifacts; bootSnapshotDir?: string }): Promise<QemuDriver> {
     const version = (await run(QEMU_BINARY, ['--version'])).split('\n')[0]!.trim();
     const tscKhz = tscKhzFromCpuinfo(readFileSync('/proc/cpuinfo', 'utf8'));
-    return new QemuDriver(options.accelerator, options.artifacts, version, tscKhz);
+    return new QemuDriver(options.accelerator, options.artifacts, version, tscKhz, options.bootSnapshotDir);
   }
 
   async boot(spec: BootSpec, options: OperationOptions = {}): Promise<RunningVm> {
@@ -91,7 +98,7 @@ export class QemuDriver implements VmDriver {
         vcpus: spec.vcpus,
         kernelPath: this.artifacts.kernelPath,
         initramfsPath: this.artifacts.initramfsPath,
-        kernelCmdline: kernelCmdline({ tscKhz: this.tscKhz, hostname: spec.hostname }),
+        kernelCmdline: kernelCmdline({ tscKhz: this.tscKhz, hostname: spec.hostname, waitRoot: this.bootSnapshotDir !== undefined }),
         ...(spec.egressSocket ? { egressSocket: spec.egressSocket } : {}),
       },
       guestPorts: spec.guestPorts,
@@ -99,7 +106,39 @@ export class QemuDriver implements VmDriver {
     };
     await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
     const ram: RamBacking = spec.templateSource ? { kind: 'template-source', path: paths.templateRam } : { kind: 'anonymous' };
-    return this.start(paths, record, ram, undefined, options, diskPath);
+    if (!this.bootSnapshotDir) return this.start(paths, record, ram, undefined, options, diskPath);
+
+    const snapshot = path.join(this.bootSnapshotDir, `${bootSnapshotKey(record)}.zst`);
+    let vm: QemuVm;
+    if (await stat(snapshot).then(() => true, () => false)) {
+      vm = await this.start(paths, record, ram, { uri: `exec:zstd -dc ${snapshot}`, ignoreShared: false }, options, diskPath);
+    } else {
+      vm = await this.start(paths, record, ram, undefined, options, diskPath);
+      await this.saveBootSnapshot(vm, snapshot, options);
+    }
+    try {
+      await vm.agent.root({ hostname: spec.hostname });
+    } catch (error) {
+      await this.stop(vm);
+      throw error;
+    }
+    return vm;
+  }
+
+  /** Saves a VM still waiting for its root disk as the boot snapshot, then lets it go on. */
+  private async saveBootSnapshot(vm: QemuVm, snapshot: string, options: OperationOptions): Promise<void> {
+    assertShellSafe(snapshot);
+    await mkdir(path.dirname(snapshot), { recursive: true });
+    const temp = `${snapshot}.tmp-${process.pid}`;
+    try {
+      await this.saveState(vm, `exec:zstd -1 -q -c > ${temp}`, false, options);
+      await renameDurably(temp, snapshot);
+      await vm.qmp.execute('cont');
+    } catch (error) {
+      await rm(temp, { force: true });
+      await this.stop(vm);
+      throw error;
+    }
   }
 
   async pause(vm: RunningVm): Promise<void> {
@@ -295,6 +334,19 @@ export class QemuDriver implements VmDriver {
     vm.qmp.close();
     await removeRuntimeFiles(vm.paths);
   }
+}
+
+/** Boot snapshots restore only into the same machine: everything that shapes it is in the key. */
+function bootSnapshotKey(record: MachineRecord): string {
+  const { machine } = record;
+  const shape = {
+    qemuVersion: record.qemuVersion, accelerator: machine.accelerator, memoryMiB: machine.memoryMiB, vcpus: machine.vcpus,
+    // The kernel and initramfs paths are content-addressed (see pinBootFiles), so they stand for their content.
+    kernelPath: machine.kernelPath, initramfsPath: machine.initramfsPath,
+    cmdline: machine.kernelCmdline.replace(/cocoon\.hostname=\S+/, ''),
+    egress: machine.egressSocket !== undefined,
+  };
+  return createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 32);
 }
 
 function asQemuVm(vm: RunningVm): QemuVm {
