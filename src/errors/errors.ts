@@ -37,6 +37,15 @@ export const errorCodes = {
   'image.not_found': { httpStatus: 404, exitCode: 8 },
   'image.build_failed': { httpStatus: 422, exitCode: 8 },
   'image.readiness_timeout': { httpStatus: 422, exitCode: 8 },
+  'image.in_use': { httpStatus: 409, exitCode: 8 },
+  'image.invalid_state': { httpStatus: 409, exitCode: 8 },
+  'auth.missing_key': { httpStatus: 401, exitCode: 9 },
+  'auth.invalid_key': { httpStatus: 401, exitCode: 9 },
+  'request.invalid': { httpStatus: 400, exitCode: 2 },
+  'request.unknown_field': { httpStatus: 400, exitCode: 2 },
+  'request.too_large': { httpStatus: 413, exitCode: 2 },
+  'request.unsupported_media_type': { httpStatus: 415, exitCode: 2 },
+  'route.not_found': { httpStatus: 404, exitCode: 2 },
 } as const satisfies Record<string, { httpStatus: number; exitCode: number }>;
 
 export type ErrorCode = keyof typeof errorCodes;

@@ -57,6 +57,8 @@ const DEFAULT_APP_PORT = 8080;
 const DEFAULT_HOOKS_PORT = 9000;
 const BUILD_VM_MEMORY_MIB = 1024;
 const PROXY_URL = `http://${EGRESS_PROXY.address}:${EGRESS_PROXY.port}`;
+/** Lines a running build keeps in memory for followers that join late; the file keeps them all. */
+const LIVE_LOG_MAX_LINES = 10_000;
 const PROXY_ENV = { http_proxy: PROXY_URL, https_proxy: PROXY_URL, HTTP_PROXY: PROXY_URL, HTTPS_PROXY: PROXY_URL, no_proxy: 'localhost,127.0.0.1' };
 
 /** Everything one build run carries from step to step. */
@@ -71,8 +73,23 @@ interface BuildRun {
   exports: Set<string>;
 }
 
+/**
+ * A build's log while it runs: the lines so far (up to a cap) and the log that emits the next ones.
+ * A follower copies `lines` and subscribes in the same tick, so it misses no line and sees none twice.
+ */
+export interface LiveBuildLog {
+  readonly log: BuildLog;
+  readonly lines: readonly string[];
+  /** Lines past the in-memory cap: in build.log, not in `lines`. */
+  readonly omittedLines: number;
+  /** The log has emitted 'end' (its file may still be flushing). */
+  readonly ended: boolean;
+}
+
 export class ImageBuilder {
   readonly layers: LayerStore;
+  /** Keyed by version directory; removed once build.log is complete on disk. */
+  private readonly liveLogs = new Map<string, { log: BuildLog; lines: string[]; omittedLines: number; ended: boolean }>();
   /** One build at a time: builds are CPU-bound VMs, and steps of equal keys must not race. */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -106,6 +123,11 @@ export class ImageBuilder {
     return path.join(this.deps.dataDir, 'images', record.accountId, record.name, record.version);
   }
 
+  /** The log of a version whose build is queued or running; undefined once build.log is complete. */
+  liveLog(record: Pick<StoredImage, 'accountId' | 'name' | 'version'>): LiveBuildLog | undefined {
+    return this.liveLogs.get(this.versionDir(record));
+  }
+
   /** Records a CREATING version at once; `done` settles with the final record (ACTIVE or FAILED). */
   async create(accountId: string, request: BuildRequest, onLine?: (line: string) => void): Promise<{ record: StoredImage; done: Promise<StoredImage> }> {
     const timeoutSeconds = request.readinessTimeoutSeconds ?? 300;
@@ -125,6 +147,10 @@ export class ImageBuilder {
     });
     await mkdir(this.versionDir(record), { recursive: true });
     const log = new BuildLog(path.join(this.versionDir(record), 'build.log'));
+    const live = { log, lines: [] as string[], omittedLines: 0, ended: false };
+    this.liveLogs.set(this.versionDir(record), live);
+    log.on('line', (line) => { if (live.lines.length < LIVE_LOG_MAX_LINES) live.lines.push(line); else live.omittedLines++; });
+    log.once('end', () => { live.ended = true; });
     if (onLine) log.on('line', onLine);
     const done = this.queue.then(() => this.build(record, request, log));
     this.queue = done.catch(() => {});
@@ -182,8 +208,13 @@ export class ImageBuilder {
     } finally {
       await Promise.all([...live].map((vm) => this.deps.driver.stop(vm).catch(() => {})));
       await rm(workDir, { recursive: true, force: true });
-      await this.deps.images.save(record);
-      await log.close();
+      try {
+        await this.deps.images.save(record);
+      } finally {
+        // Followers always get their end, even if the record could not be saved.
+        await log.close();
+        this.liveLogs.delete(versionDir);
+      }
     }
     return record;
   }

@@ -1,0 +1,1 @@
+export { buildApi, API_VERSION, type ApiDeps } from './server.ts';

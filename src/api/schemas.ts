@@ -1,0 +1,149 @@
+/**
+ * The HTTP contract of the images routes, in zod: requests are strict (an unknown field is refused
+ * before any side effect) and responses are explicit views (no account ids, no host paths). The
+ * OpenAPI document is generated from these schemas.
+ */
+import path from 'node:path';
+import { z } from 'zod';
+import { IMAGE_NAME } from '../images/records.ts';
+import type { StoredImage } from '../store/index.ts';
+
+/** As the store parses versions: `major.minor`, no leading zeros, at most 9 digits each. */
+export const VERSION = /^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$/;
+const ARG_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+const NO_CONTROL_CHARS = /^[^\u0000-\u001f\u007f]*$/;
+const MAX_BUILD_ARGS = 64;
+
+export const ImageName = z.string().regex(IMAGE_NAME).describe('1–63 lowercase letters, digits or dashes, starting with a letter or digit');
+export const ImageVersion = z.string().regex(VERSION).describe('`major.minor`, e.g. `1.0`');
+const Port = z.int().min(1).max(65535);
+const ReadinessTimeoutSeconds = z.int().min(1).max(3600);
+const MemoryMiB = z.int().min(128).max(8192).describe('guest RAM of the image (default 512)');
+const DockerfilePath = z.string().min(1).max(1024).regex(NO_CONTROL_CHARS).describe('path of the Dockerfile inside the zip (default `Dockerfile`)');
+const BuildArgs = z
+  .record(z.string().regex(ARG_NAME), z.string().max(4096))
+  .refine((args) => Object.keys(args).length <= MAX_BUILD_ARGS, `at most ${MAX_BUILD_ARGS} build args`);
+
+export const CreateImageBody = z.strictObject({
+  name: ImageName,
+  codeArtifact: z.strictObject({
+    uri: z.string().min(1).max(2048).regex(NO_CONTROL_CHARS).describe('`s3://bucket/key` (local paths only when the server allows them; otherwise upload the zip)'),
+  }),
+  dockerfilePath: DockerfilePath.optional(),
+  buildArgs: BuildArgs.optional(),
+  appPort: Port.optional().describe('default: the first EXPOSEd port, else 8080'),
+  hooksPort: Port.optional().describe('default 9000'),
+  readinessTimeoutSeconds: ReadinessTimeoutSeconds.optional().describe('default 300'),
+  memoryMiB: MemoryMiB.optional(),
+});
+export type CreateImageBody = z.infer<typeof CreateImageBody>;
+
+/** Query numbers arrive as strings: digits only, then the same bounds as in the JSON body. */
+const queryInt = (schema: z.ZodInt) => z.string().regex(/^\d{1,10}$/).transform(Number).pipe(schema);
+
+export const UploadQuery = z.strictObject({
+  dockerfilePath: DockerfilePath.optional(),
+  appPort: queryInt(Port).optional(),
+  hooksPort: queryInt(Port).optional(),
+  readinessTimeoutSeconds: queryInt(ReadinessTimeoutSeconds).optional(),
+  memoryMiB: queryInt(MemoryMiB).optional(),
+  buildArg: z
+    .union([z.string(), z.array(z.string()).max(MAX_BUILD_ARGS)])
+    .describe('`KEY=VALUE`, repeatable')
+    .transform((value, ctx) => {
+      const args: Record<string, string> = {};
+      for (const pair of Array.isArray(value) ? value : [value]) {
+        const eq = pair.indexOf('=');
+        const key = eq === -1 ? pair : pair.slice(0, eq);
+        if (eq === -1 || !ARG_NAME.test(key) || pair.length - eq - 1 > 4096) {
+          ctx.addIssue({ code: 'custom', message: 'buildArg must be KEY=VALUE with KEY a valid ARG name', input: pair });
+          return z.NEVER;
+        }
+        args[key] = pair.slice(eq + 1);
+      }
+      return args;
+    })
+    .optional(),
+});
+
+export const NameParams = z.strictObject({ name: ImageName });
+export const VersionParams = z.strictObject({ name: ImageName, version: ImageVersion });
+export const GetImageQuery = z.strictObject({ version: ImageVersion.optional().describe('default: the latest ACTIVE version') });
+export const DeleteImageQuery = z.strictObject({ version: ImageVersion });
+export const LogsQuery = z.strictObject({
+  follow: z.enum(['true', 'false']).optional().describe('`true`: Server-Sent Events (also with `Accept: text/event-stream`)'),
+});
+
+export const ImageView = z.object({
+  name: z.string(),
+  version: z.string(),
+  arn: z.string(),
+  state: z.enum(['CREATING', 'ACTIVE', 'FAILED']),
+  stateReason: z.string().optional(),
+  stateReasonCode: z.string().optional(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  codeArtifact: z.object({ uri: z.string(), sha256: z.string().optional() }),
+  baseImage: z.string().optional(),
+  appPort: z.number(),
+  hooksPort: z.number(),
+  readinessTimeoutSeconds: z.number(),
+  memoryMiB: z.number(),
+  runtime: z
+    .object({
+      argv: z.array(z.string()),
+      env: z.record(z.string(), z.string()),
+      cwd: z.string(),
+      user: z.string(),
+      exposedPorts: z.array(z.number()),
+      labels: z.record(z.string(), z.string()),
+    })
+    .optional(),
+  builtWith: z
+    .object({ kernel: z.string(), kernelPackageVersion: z.string(), agentVersion: z.string(), qemuVersion: z.string(), accelerator: z.string() })
+    .optional(),
+  warnings: z.array(z.string()).optional(),
+  timingsMs: z.record(z.string(), z.number()).optional(),
+  buildLogsPath: z.string().describe('GET it for the build log; `?follow=true` follows a running build'),
+});
+export type ImageView = z.infer<typeof ImageView>;
+
+export const ImageList = z.object({ images: z.array(ImageView) });
+export const VersionList = z.object({ versions: z.array(ImageView) });
+
+export const ErrorBody = z.object({
+  error: z.object({ code: z.string(), message: z.string(), details: z.record(z.string(), z.unknown()).optional() }),
+});
+
+/**
+ * What a client may see of a record. Uploaded artifacts live in a server directory: their URI is
+ * shown as `upload:<file name>` (the file name carries the sha256).
+ */
+export function toImageView(record: StoredImage, uploadDir: string): ImageView {
+  const uri = record.codeArtifact.uri;
+  const uploaded = path.isAbsolute(uri) && path.resolve(uri).startsWith(path.resolve(uploadDir) + path.sep);
+  return {
+    name: record.name,
+    version: record.version,
+    arn: record.arn,
+    state: record.state,
+    ...(record.stateReason !== undefined && { stateReason: record.stateReason }),
+    ...(record.stateReasonCode !== undefined && { stateReasonCode: record.stateReasonCode }),
+    createdAt: record.createdAt,
+    updatedAt: record.updatedAt,
+    codeArtifact: {
+      uri: uploaded ? `upload:${path.basename(uri)}` : uri,
+      ...(record.codeArtifact.sha256 !== undefined && { sha256: record.codeArtifact.sha256 }),
+    },
+    ...(record.baseImage !== undefined && { baseImage: record.baseImage }),
+    appPort: record.appPort,
+    hooksPort: record.hooksPort,
+    readinessTimeoutSeconds: record.readinessTimeoutSeconds,
+    memoryMiB: record.memoryMiB,
+    ...(record.runtime !== undefined && { runtime: record.runtime }),
+    ...(record.builtWith !== undefined && { builtWith: record.builtWith }),
+    ...(record.warnings !== undefined && { warnings: record.warnings }),
+    ...(record.timingsMs !== undefined && { timingsMs: record.timingsMs }),
+    buildLogsPath: `/v1/images/${record.name}/versions/${record.version}/logs`,
+  };
+}
