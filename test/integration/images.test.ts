@@ -106,6 +106,27 @@ describe('the tiny-httpd example', () => {
   });
 });
 
+test('a multi-stage build copies files from an earlier stage', async () => {
+  const uri = await zipOf({
+    Dockerfile: [
+      'FROM cocoon/tiny AS builder',
+      'RUN mkdir -p /out/site && echo "made in the builder stage" > /out/site/index.html',
+      'FROM cocoon/tiny',
+      'COPY --from=builder /out/site /srv/www',
+      'EXPOSE 8080',
+      'CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]',
+    ].join('\n'),
+  }, 'multi-stage');
+  const { record, log } = await build('multi-stage', uri);
+  assert.equal(record.state, 'ACTIVE', `${record.stateReason}\n${log.join('\n')}`);
+  const vm = await engine.driver.launch(await templateOf(record), path.join(workDir, 'run-multi'));
+  try {
+    assert.equal((await httpGet(vm.hostPort(8080), '/')).body, 'made in the builder stage\n');
+  } finally {
+    await engine.driver.stop(vm);
+  }
+});
+
 test('an artifact from s3://bucket/key builds like a local one', async () => {
   const zipPath = path.join(workDir, 'from-s3.zip');
   await zipDirectory(EXAMPLE, zipPath);
