@@ -7,6 +7,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { IMAGE_NAME } from '../images/records.ts';
 import type { StoredImage } from '../store/index.ts';
+import type { MicroVm } from '../vms/manager.ts';
 
 /** As the store parses versions: `major.minor`, no leading zeros, at most 9 digits each. */
 export const VERSION = /^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$/;
@@ -145,5 +146,80 @@ export function toImageView(record: StoredImage, uploadDir: string): ImageView {
     ...(record.warnings !== undefined && { warnings: record.warnings }),
     ...(record.timingsMs !== undefined && { timingsMs: record.timingsMs }),
     buildLogsPath: `/v1/images/${record.name}/versions/${record.version}/logs`,
+  };
+}
+
+// --- MicroVMs ---
+
+const MICROVM_ID = /^mvm-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const MicroVmState = z.enum(['PENDING', 'RUNNING', 'SUSPENDING', 'SUSPENDED', 'RESUMING', 'TERMINATING', 'TERMINATED', 'FAILED']);
+export const MAX_RUN_HOOK_PAYLOAD_CHARS = 32 * 1024;
+
+export const MicroVmParams = z.strictObject({ microvmId: z.string().regex(MICROVM_ID).describe('`mvm-<uuid>`') });
+
+/** The bounds the lifecycle applies (maxIdle ≥ 60, maximum ≤ 28800) are checked by it, with the same error format. */
+export const RunMicroVmBody = z.strictObject({
+  imageIdentifier: z.string().min(1).max(200).regex(NO_CONTROL_CHARS).describe('`name`, `name:version` or `cocoon:image:<name>:<version>`; without a version, the latest ACTIVE one'),
+  idlePolicy: z
+    .strictObject({
+      maxIdleDurationSeconds: z.int().min(0).max(28_800).optional().describe('≥ 60; default 900'),
+      suspendedDurationSeconds: z.int().min(0).max(30 * 86_400).optional().describe('0 = terminate instead of staying suspended; default 300'),
+      autoResumeEnabled: z.boolean().optional().describe('default true'),
+    })
+    .optional(),
+  maximumDurationInSeconds: z.int().min(0).max(28_800).optional().describe('running time after which the MicroVM is terminated, ≥ 60, ≤ 28800 (default)'),
+  runHookPayload: z.string().max(MAX_RUN_HOOK_PAYLOAD_CHARS).optional().describe('the body of the app\'s `run` hook after launch (secrets, per-VM config); never stored'),
+});
+export type RunMicroVmBody = z.infer<typeof RunMicroVmBody>;
+
+export const ListMicroVmsQuery = z.strictObject({ state: MicroVmState.optional(), imageVersion: ImageVersion.optional() });
+
+export const MicroVmView = z.object({
+  microvmId: z.string(),
+  state: MicroVmState,
+  stateReason: z.string().optional(),
+  imageArn: z.string(),
+  imageName: z.string(),
+  imageVersion: z.string(),
+  idlePolicy: z.object({ maxIdleDurationSeconds: z.number(), suspendedDurationSeconds: z.number(), autoResumeEnabled: z.boolean() }),
+  maximumDurationInSeconds: z.number(),
+  endpoint: z.string().optional().describe('placeholder (`https://<microvmId>.cocoon.localhost:8443`) until the endpoint proxy exists'),
+  localPort: z.number().optional().describe('the app\'s loopback port on the Cocoon host while RUNNING (a stopgap until the endpoint proxy exists)'),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  startedAt: z.string().optional(),
+  suspendedAt: z.string().optional(),
+  terminatedAt: z.string().optional(),
+  lastActivityAt: z.string().optional(),
+  resumeCount: z.number(),
+  runningSeconds: z.number(),
+});
+export type MicroVmView = z.infer<typeof MicroVmView>;
+export const MicroVmList = z.object({ microvms: z.array(MicroVmView) });
+
+/** What a client may see of a MicroVM: no account id, host directory or pid. */
+export function toMicroVmView(microvm: MicroVm): MicroVmView {
+  const { record } = microvm;
+  const optional = <K extends 'stateReason' | 'endpoint' | 'startedAt' | 'suspendedAt' | 'terminatedAt' | 'lastActivityAt'>(key: K) =>
+    record[key] !== undefined ? { [key]: record[key] } : {};
+  return {
+    microvmId: record.microvmId,
+    state: record.state,
+    ...optional('stateReason'),
+    imageArn: record.imageArn,
+    imageName: record.imageName,
+    imageVersion: record.imageVersion,
+    idlePolicy: { ...record.idlePolicy },
+    maximumDurationInSeconds: record.maximumDurationInSeconds,
+    ...optional('endpoint'),
+    ...(microvm.localPort !== undefined && { localPort: microvm.localPort }),
+    createdAt: record.createdAt,
+    updatedAt: record.updatedAt,
+    ...optional('startedAt'),
+    ...optional('suspendedAt'),
+    ...optional('terminatedAt'),
+    ...optional('lastActivityAt'),
+    resumeCount: record.resumeCount,
+    runningSeconds: microvm.runningSeconds,
   };
 }

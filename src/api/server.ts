@@ -14,10 +14,14 @@ import { authHook } from './auth.ts';
 import { errorResponse, handleError, notFound } from './errors.ts';
 import type { ImagesDeps } from './image-actions.ts';
 import { imageRoutes } from './images.ts';
+import { microvmRoutes } from './microvms.ts';
+import type { MicroVmManager } from '../vms/manager.ts';
 
 export interface ApiDeps {
   /** From startImageService: the builder and the store. */
   images: ImagesDeps & { store: ImagesDeps['store'] & { accounts: Parameters<typeof authHook>[0] } };
+  /** The MicroVM lifecycle; without it the /v1/microvms routes are not served. */
+  microvms?: MicroVmManager;
   /** Request logging (pino, with the Authorization header redacted). Default false. */
   logger?: boolean;
   /** Where uploaded zips wait for their build. Default: `<tmp>/cocoon-uploads`. */
@@ -73,6 +77,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       uploadDir: deps.uploadDir ?? path.join(os.tmpdir(), 'cocoon-uploads'),
       allowLocalArtifacts: deps.allowLocalArtifacts ?? false,
     });
+    if (deps.microvms) await microvmRoutes(scope, { microvms: deps.microvms });
   });
   return app;
 }
