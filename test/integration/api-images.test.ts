@@ -5,21 +5,20 @@
  * hostile requests that must all be answered 4xx with an error code, with no side effect.
  */
 import assert from 'node:assert/strict';
-import { readdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { buildApi } from '../../src/api/index.ts';
-import { loadConfig } from '../../src/config/config.ts';
 import { errorCodes, type ErrorCode } from '../../src/errors/errors.ts';
 import { zipDirectory } from '../../src/host/zip-dir.ts';
-import { startEngine, type Engine } from '../../src/main/engine.ts';
-import { startImageService, type ImageService } from '../../src/main/images.ts';
+import type { Engine } from '../../src/main/engine.ts';
+import type { ImageService } from '../../src/main/images.ts';
 import { microvmRecord } from '../../src/store/test-fixtures.ts';
+import { startApiFixture } from './api-fixture.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/tiny-httpd', import.meta.url));
 const BUILD_TIMEOUT_MS = 180_000;
@@ -45,13 +44,7 @@ type JsonSchema = {
 };
 
 before(async () => {
-  workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-api-'));
-  const dataDir = path.join(workDir, 'data');
-  engine = await startEngine({ config: loadConfig({ dataDir }), log: (line) => console.log(`# ${line}`) });
-  images = await startImageService(engine, { dataDir, s3: {} });
-  adminKey = (await readFile(path.join(dataDir, 'admin-api-key'), 'utf8')).trim();
-  const other = await images.store.accounts.createAccount('other');
-  otherKey = (await images.store.accounts.createApiKey(other.id)).secret;
+  ({ workDir, engine, images, adminKey, otherKey } = await startApiFixture('cocoon-api-'));
   uploadDir = path.join(workDir, 'uploads');
   app = buildApi({ images, uploadDir, allowLocalArtifacts: true });
   zipPath = path.join(workDir, 'tiny-httpd.zip');

@@ -7,22 +7,21 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { buildApi } from '../../src/api/index.ts';
-import { loadConfig } from '../../src/config/config.ts';
 import { httpGet } from '../../src/host/http-probe.ts';
 import { vmPaths } from '../../src/host/paths.ts';
-import { startEngine, type Engine } from '../../src/main/engine.ts';
-import { startImageService, type ImageService } from '../../src/main/images.ts';
+import type { Engine } from '../../src/main/engine.ts';
+import type { ImageService } from '../../src/main/images.ts';
 import { FINAL_STATES, type MicroVmState } from '../../src/store/index.ts';
 import { microvmRecord } from '../../src/store/test-fixtures.ts';
 import { MicroVmManager, type MicroVmManagerDeps } from '../../src/vms/manager.ts';
+import { startApiFixture } from './api-fixture.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/tiny-httpd', import.meta.url));
 const STATE_TIMEOUT_MS = 60_000;
@@ -44,13 +43,8 @@ let otherKey: string;
 const lines: string[] = [];
 
 before(async () => {
-  workDir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-mvm-'));
-  const dataDir = path.join(workDir, 'data');
-  engine = await startEngine({ config: loadConfig({ dataDir }), log: (line) => console.log(`# ${line}`) });
-  images = await startImageService(engine, { dataDir, s3: {} });
-  adminKey = (await readFile(path.join(dataDir, 'admin-api-key'), 'utf8')).trim();
-  const other = await images.store.accounts.createAccount('other');
-  otherKey = (await images.store.accounts.createApiKey(other.id)).secret;
+  let dataDir: string;
+  ({ workDir, dataDir, engine, images, adminKey, otherKey } = await startApiFixture('cocoon-mvm-'));
   deps = { driver: engine.driver, store: images.store, builder: images.builder, dataDir, log: (line) => lines.push(line) };
   // Test-sized durations: seconds instead of the public minimum of 60.
   microvms = new MicroVmManager(deps, { minimumSeconds: 1, tickMs: 250, hookTimeoutMs: 5000 });
