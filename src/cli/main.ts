@@ -9,6 +9,7 @@ import { describeError, exitCodeOf } from './context.ts';
 import { OUTPUT_FORMATS } from './format.ts';
 import { registerImageCommands } from './image-commands.ts';
 import { registerMicroVmCommands } from './microvm-commands.ts';
+import { registerServerCommand } from './server-command.ts';
 
 export function buildProgram(): Command {
   const program = new Command('cocoon')
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(add --help for usage)');
   registerImageCommands(program);
   registerMicroVmCommands(program);
+  registerServerCommand(program);
   // Usage errors are exit code 2 (commander's default is 1), help and --version are 0.
   program.exitOverride();
   for (const command of program.commands) command.exitOverride();

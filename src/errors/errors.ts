@@ -49,6 +49,16 @@ export const errorCodes = {
   'request.too_large': { httpStatus: 413, exitCode: 2 },
   'request.unsupported_media_type': { httpStatus: 415, exitCode: 2 },
   'route.not_found': { httpStatus: 404, exitCode: 2 },
+  'token.missing': { httpStatus: 401, exitCode: 10 },
+  'token.invalid': { httpStatus: 401, exitCode: 10 },
+  'token.expired': { httpStatus: 401, exitCode: 10 },
+  'token.wrong_microvm': { httpStatus: 403, exitCode: 10 },
+  'token.port_not_allowed': { httpStatus: 403, exitCode: 10 },
+  'proxy.unknown_host': { httpStatus: 404, exitCode: 11 },
+  'proxy.port_not_exposed': { httpStatus: 404, exitCode: 11 },
+  'proxy.vm_not_running': { httpStatus: 409, exitCode: 11 },
+  'proxy.resume_timeout': { httpStatus: 503, exitCode: 11 },
+  'proxy.upstream_failed': { httpStatus: 502, exitCode: 11 },
 } as const satisfies Record<string, { httpStatus: number; exitCode: number }>;
 
 export type ErrorCode = keyof typeof errorCodes;

@@ -1,92 +1,84 @@
 /**
- * `npm run demo`: Cocoon end to end on this machine with its embedded defaults. Builds a MicroVM
- * image from an example (zip + Dockerfile, steps run inside a VM, running app snapshotted),
- * launches clones from the snapshot, suspends and resumes one, and prints timings.
+ * `npm run demo`: Cocoon end to end on its embedded defaults (SQLite and files in ./.cocoon, API on
+ * loopback). Starts the server, builds examples/tiny-httpd into a MicroVM image through the REST
+ * API (the Dockerfile runs inside a VM; the running app is snapshotted), runs a MicroVM from the
+ * snapshot and prints how to reach it. On a terminal it keeps serving until Ctrl-C; otherwise (or
+ * with --exit) it terminates its MicroVM and stops.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { httpGet, waitUntil } from '../host/http-probe.ts';
-import { zipDirectory } from '../host/zip-dir.ts';
-import type { RunningVm } from '../vmm/driver.ts';
+import { CocoonClient } from '../client/index.ts';
 import { loadConfig } from '../config/config.ts';
-import { startEngine } from './engine.ts';
-import { startImageService } from './images.ts';
+import { httpGet } from '../host/http-probe.ts';
+import { zipDirectory } from '../host/zip-dir.ts';
+import { DEFAULT_API_PORT, startServer } from './server.ts';
 
 const { values } = parseArgs({
   options: {
     example: { type: 'string', default: 'tiny-httpd' },
-    clones: { type: 'string', default: '3' },
     'data-dir': { type: 'string' },
+    port: { type: 'string', default: String(DEFAULT_API_PORT) },
+    exit: { type: 'boolean', default: false },
   },
 });
 const say = (line: string): void => console.log(line);
-const exampleDir = fileURLToPath(new URL(`../../examples/${values.example}`, import.meta.url));
+const example = values.example;
+const exampleDir = fileURLToPath(new URL(`../../examples/${example}`, import.meta.url));
 const config = loadConfig(values['data-dir'] ? { dataDir: values['data-dir'] } : {});
-const { dataDir } = config;
+const cli = values['data-dir'] ? `COCOON_DATA_DIR=${config.dataDir} npm run -s cocoon --` : 'npm run -s cocoon --';
+const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
-async function firstAnswer(vm: RunningVm, port: number, started: number): Promise<number> {
-  await waitUntil(async () => (await httpGet(vm.hostPort(port), '/', 5000)).status > 0, 120_000, 20);
-  return Date.now() - started;
-}
-
-const engine = await startEngine({ config, log: (line) => say(`  ${line}`) });
-const images = await startImageService(engine, config, (line) => say(`  ${line}`));
-const runDir = path.join(dataDir, 'demo', String(process.pid));
-await mkdir(runDir, { recursive: true });
-const live = new Set<RunningVm>();
-const stopAll = async (): Promise<void> => {
-  await Promise.all([...live].map((vm) => engine.driver.stop(vm)));
-  live.clear();
-};
-process.once('SIGINT', () => { void stopAll().finally(() => process.exit(130)); });
+say(`== cocoon server (data in ${config.dataDir})`);
+const server = await startServer({ config, apiPort: Number(values.port), requestLog: false, log: (line) => say(`  ${line}`) });
+const client = new CocoonClient({ endpoint: server.apiUrl, apiKey: (await readFile(server.adminKeyPath, 'utf8')).trim() });
+const cliFlags = values.port === String(DEFAULT_API_PORT) ? '' : ` --endpoint ${server.apiUrl}`;
+let microvmId: string | undefined;
+const workDir = path.join(config.dataDir, 'demo');
 
 try {
-  say(`Cocoon demo — accelerator ${engine.accelerator.accelerator} (${engine.accelerator.reason}), data in ${dataDir}`);
-  const zipPath = path.join(runDir, `${values.example}.zip`);
+  await mkdir(workDir, { recursive: true });
+  const zipPath = path.join(workDir, `${example}.zip`);
   await zipDirectory(exampleDir, zipPath);
-  say(`\n== create-microvm-image --name ${values.example} --code-artifact uri=${path.relative(process.cwd(), zipPath)}`);
-  const { record: creating, done } = await images.builder.create(images.adminAccountId, { name: values.example, codeArtifactUri: zipPath }, (line) => say(`  build | ${line.slice(25)}`));
+  say(`\n== create-microvm-image --name ${example} --code-artifact uri=${path.relative(process.cwd(), exampleDir)} (zipped and uploaded)`);
+  let started = Date.now();
+  const creating = await client.uploadImage(example, zipPath);
   say(`  ${creating.arn}: ${creating.state}`);
-  const image = await done;
-  say(`  ${image.arn}: ${image.state}${image.stateReason ? ` — ${image.stateReason}` : ''}`);
-  if (image.state !== 'ACTIVE') process.exitCode = 1;
-  else {
-    const template = await images.builder.templateOf(image);
-    say(`  build took ${((image.timingsMs?.totalMs ?? 0) / 1000).toFixed(1)} s (steps ${((image.timingsMs?.stepsMs ?? 0) / 1000).toFixed(1)} s)`);
+  const end = await client.followBuildLogs(example, creating.version, (line) => say(`  build | ${line.replace(/^\S+Z /, '')}`));
+  say(`  ${creating.arn}: ${end.state}${end.stateReason ? ` — ${end.stateReason}` : ''} after ${seconds(Date.now() - started)}`);
+  if (end.state !== 'ACTIVE') throw new Error(`the image build ended ${end.state}`);
 
-    say(`\n== launching ${values.clones} MicroVMs from the snapshot`);
-    const clones: RunningVm[] = [];
-    for (let i = 1; i <= Number(values.clones); i++) {
-      const started = Date.now();
-      const vm = await engine.driver.launch(template, path.join(runDir, `vm-${i}`));
-      live.add(vm);
-      clones.push(vm);
-      say(`  vm ${i}: app answered ${await firstAnswer(vm, image.appPort, started)} ms after launch — http://127.0.0.1:${vm.hostPort(image.appPort)}/`);
-    }
+  say(`\n== run-microvm --image-identifier ${example}`);
+  started = Date.now();
+  const microvm = await client.runMicroVm({ imageIdentifier: example });
+  microvmId = microvm.microvmId;
+  say(`  ${microvm.microvmId}: ${microvm.state} ${seconds(Date.now() - started)} after the call (restored from the image's snapshot, app already serving)`);
+  if (microvm.localPort !== undefined) {
+    // built.txt was written by the Dockerfile's RUN step inside the build VM.
+    const answer = await httpGet(microvm.localPort, '/built.txt', 10_000);
+    say(`  GET /built.txt → ${answer.status}: ${answer.body.trim()}`);
+  }
 
-    const first = clones[0]!;
-    await first.agent.writeFile('/root/note.txt', `written before suspend at ${new Date().toISOString()}\n`);
-    let started = Date.now();
-    live.delete(first);
-    const suspended = await engine.driver.suspend(first);
-    say(`\n== suspend vm 1: ${Date.now() - started} ms, ${(suspended.stateBytes / 2 ** 20).toFixed(1)} MiB saved (memory + disk overlay kept)`);
-    started = Date.now();
-    const resumed = await engine.driver.resume(suspended);
-    live.add(resumed);
-    clones[0] = resumed;
-    say(`== resume vm 1: app answered ${await firstAnswer(resumed, image.appPort, started)} ms after resume; ${(await resumed.agent.readFile('/root/note.txt')).toString().trim()}`);
-
-    say('\nThe VMs keep running until you press Enter (or Ctrl-C). Try:');
-    for (const vm of clones) say(`  curl http://127.0.0.1:${vm.hostPort(image.appPort)}/`);
-    if (process.stdin.isTTY) await new Promise((resolve) => process.stdin.once('data', resolve));
+  say('\nReach it:');
+  if (microvm.localPort !== undefined) say(`  curl http://127.0.0.1:${microvm.localPort}/`);
+  say(`  ${cli}${cliFlags} get-microvm --microvm-id ${microvm.microvmId}`);
+  say(`  ${cli}${cliFlags} suspend-microvm --microvm-id ${microvm.microvmId}`);
+  say(`  ${cli}${cliFlags} resume-microvm --microvm-id ${microvm.microvmId}`);
+  say(`  API: ${server.apiUrl}/openapi.json with "Authorization: Bearer $(cat ${server.adminKeyPath})"`);
+  if (!values.exit && process.stdin.isTTY) {
+    say('\nThe server keeps running; press Ctrl-C to stop it (the demo\'s MicroVM is terminated, the image stays).');
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
   }
 } finally {
-  await stopAll();
-  await images.close();
-  await engine.driver.idle();
-  await rm(runDir, { recursive: true, force: true });
-  process.stdin.pause();
-  say('all VMs stopped');
+  if (microvmId) {
+    const gone = await client.terminateMicroVm(microvmId).catch((error: Error) => ({ state: `not terminated (${error.message})` }));
+    say(`\n${microvmId}: ${gone.state}`);
+  }
+  await rm(workDir, { recursive: true, force: true });
+  await server.close();
+  say('server stopped');
 }

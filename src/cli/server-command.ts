@@ -1,0 +1,28 @@
+/**
+ * `cocoon server`: runs Cocoon's server in the foreground on its embedded defaults (SQLite and
+ * files under the data directory, API on loopback) until SIGINT/SIGTERM. Loaded only when used, so
+ * the client commands stay light.
+ */
+import type { Command } from 'commander';
+import { loadConfig } from '../config/config.ts';
+import { parseInteger } from './args.ts';
+
+export function registerServerCommand(program: Command): void {
+  program
+    .command('server')
+    .description('run the Cocoon server (API and MicroVM lifecycle) in the foreground until Ctrl-C')
+    .option('--data-dir <dir>', 'where Cocoon keeps everything (env COCOON_DATA_DIR, default ./.cocoon)')
+    .option('--port <port>', 'API port on 127.0.0.1 (env COCOON_API_PORT, default 8787)')
+    .action(async (options: { dataDir?: string; port?: string }) => {
+      const { DEFAULT_API_PORT, startServer } = await import('../main/server.ts');
+      const config = loadConfig(options.dataDir === undefined ? {} : { dataDir: options.dataDir });
+      const portText = options.port ?? process.env.COCOON_API_PORT;
+      const apiPort = portText === undefined ? DEFAULT_API_PORT : parseInteger('--port', portText);
+      const server = await startServer({ config, apiPort, log: (line) => console.log(line) });
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await server.close();
+    });
+}
