@@ -154,7 +154,12 @@ static _Noreturn void serve(void)
 			sleep_ms(100);
 			continue;
 		}
-		/* Output first, so that a reaped child's EXIT follows all output read so far. */
+		/* Requests first: right after a snapshot restore, the new host's HELLO must end the old
+		 * session before output is forwarded under its ids. */
+		bool port_ready = port_idx >= 0 && pfds[port_idx].revents;
+		if (port_ready)
+			port_on_ready(pfds[port_idx].revents);
+		/* Output before reaping, so that a reaped child's EXIT follows all output read so far. */
 		for (int i = first_child; i < n; i++)
 			if (pfds[i].revents)
 				procs_on_output(tags[i], pfds[i].fd, pfds[i].revents);
@@ -163,9 +168,7 @@ static _Noreturn void serve(void)
 			procs_reap();
 		}
 		procs_on_deadlines(monotonic_ms());
-		if (port_idx >= 0 && pfds[port_idx].revents)
-			port_on_ready(pfds[port_idx].revents);
-		else if (!port_connected())
+		if (!port_ready && !port_connected())
 			port_check_connected();
 	}
 }

@@ -6,7 +6,8 @@
  *   net.c       hostname, lo and eth0 (boot step 4)
  *   wire.c      the virtio-serial port: framing, connection state, sending
  *   requests.c  validates requests and runs the simple ones
- *   proc.c      children: EXEC, the app, WAIT_PORT helpers, reaping, deadlines
+ *   proc.c      children: EXEC, the app (and its output backlog), WAIT_PORT helpers, reaping,
+ *               deadlines
  *   spawn.c     the child side of a spawn: credentials, fds, exec; the WAIT_PORT probe
  *   users.c     `user` strings -> uid/gid/groups from /etc/passwd and /etc/group
  *
@@ -20,7 +21,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define AGENT_VERSION "1.1"
+#define AGENT_VERSION "1.2"
 #define PROTOCOL_VERSION 1
 
 enum msg_type {
@@ -36,6 +37,7 @@ enum msg_type {
 	MSG_SYNC = 0x0A,
 	MSG_SHUTDOWN = 0x0B,
 	MSG_ROOT = 0x0C,
+	MSG_APP_ATTACH = 0x0D,
 
 	MSG_OK = 0x80,
 	MSG_ERROR = 0x81,
@@ -53,6 +55,7 @@ enum msg_type {
 #define OUTPUT_CHUNK_MAX (32u << 10)    /* STDOUT/STDERR chunk */
 #define STRINGS_ITEM_MAX (256u << 10)   /* argv, env */
 #define ENTROPY_MAX 512u
+#define APP_BACKLOG_MAX (64u << 10)     /* app output kept while no host is attached */
 
 #define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -165,6 +168,8 @@ _Noreturn void wait_port_child(uint32_t port, uint32_t timeout_ms);
 void proc_exec(uint32_t id, const struct spawn_req *r, uint32_t timeout_ms);
 void proc_app_start(uint32_t id, const struct spawn_req *r);
 void proc_app_stop(uint32_t id, uint32_t grace_ms);
+/* APP_ATTACH: the app's backlog, then its live output and APP_EXIT, go to request `id`. */
+void proc_app_attach(uint32_t id);
 void proc_wait_port(uint32_t id, uint32_t port, uint32_t timeout_ms);
 /* Fills pollfds for the children's output pipes; tags[i] identifies each for procs_on_output. */
 int procs_pollfds(struct pollfd *pfds, int *tags, int max);
@@ -173,7 +178,8 @@ void procs_reap(void);
 /* Earliest monotonic deadline in ms, or -1 when none. */
 int64_t procs_next_deadline(void);
 void procs_on_deadlines(int64_t now);
-/* The host connection is gone: its requests are void (see PROTOCOL.md). */
+/* The host connection is gone, or a HELLO began a new session: earlier requests are void
+ * (see PROTOCOL.md). */
 void procs_forget_connection(void);
 _Noreturn void procs_shutdown(void);
 

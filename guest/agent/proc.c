@@ -1,5 +1,5 @@
-/* Children: EXEC processes, the app, WAIT_PORT helpers; output forwarding, reaping, deadlines,
- * and the shutdown sequence.
+/* Children: EXEC processes, the app, WAIT_PORT helpers; output forwarding, the app's output
+ * backlog, reaping, deadlines, and the shutdown sequence.
  *
  * Every child is forked from the single-threaded loop. EXEC and app children start their own
  * session (so pgid = pid and timeouts/stops signal the whole group), get stdin/stdout/stderr and
@@ -35,6 +35,15 @@ struct proc {
 
 static struct proc procs[MAX_PROCS];
 static struct proc *app;
+
+/* The app's output while no host is attached (restored from a snapshot, host gone), replayed on
+ * APP_ATTACH: records of [stream (0 stdout, 1 stderr)][u16 length][bytes], oldest first; the oldest
+ * records make room for new ones. */
+static struct {
+	uint8_t buf[APP_BACKLOG_MAX];
+	size_t len;
+	uint64_t dropped; /* bytes of output dropped to make room */
+} backlog;
 
 /* APP_STOP requests waiting for the app to exit; deadline = when SIGKILL follows SIGTERM. */
 static struct {
@@ -143,6 +152,7 @@ void proc_app_start(uint32_t id, const struct spawn_req *r)
 		return;
 	app = p;
 	memset(&stop, 0, sizeof stop);
+	memset(&backlog, 0, sizeof backlog);
 	msg_begin(id, MSG_OK);
 	msg_u32((uint32_t)p->pid);
 	msg_send();
@@ -167,6 +177,61 @@ void proc_app_stop(uint32_t id, uint32_t grace_ms)
 	} else if (stop.deadline && deadline < stop.deadline) {
 		stop.deadline = deadline;
 	}
+}
+
+/* ---------------------------------------------------------------- the app's backlog */
+
+static size_t record_len(const uint8_t *r)
+{
+	return 3 + ((size_t)r[1] << 8 | r[2]);
+}
+
+/* n is at most OUTPUT_CHUNK_MAX, so a record always fits once older ones are dropped. */
+static void backlog_add(int j, const uint8_t *data, size_t n)
+{
+	size_t drop = 0;
+	while (backlog.len - drop + 3 + n > APP_BACKLOG_MAX) {
+		size_t r = record_len(backlog.buf + drop);
+		backlog.dropped += r - 3;
+		drop += r;
+	}
+	memmove(backlog.buf, backlog.buf + drop, backlog.len - drop);
+	backlog.len -= drop;
+	uint8_t *r = backlog.buf + backlog.len;
+	r[0] = (uint8_t)j;
+	r[1] = (uint8_t)(n >> 8);
+	r[2] = (uint8_t)n;
+	memcpy(r + 3, data, n);
+	backlog.len += 3 + n;
+}
+
+void proc_app_attach(uint32_t id)
+{
+	if (!app) {
+		reply_error(id, "not_found", "no app is running");
+		return;
+	}
+	/* Ids are zeroed when a session ends: a live one belongs to this session. */
+	if (app->id) {
+		reply_error(id, "busy", "the app's output already goes to request %u", app->id);
+		return;
+	}
+	app->id = id;
+	msg_begin(id, MSG_OK);
+	msg_u32((uint32_t)app->pid);
+	msg_send();
+	if (backlog.dropped)
+		agent_log("app attached: %llu bytes of older output were dropped while no host was attached",
+			  (unsigned long long)backlog.dropped);
+	for (size_t off = 0; off < backlog.len && app->id == id; off += record_len(backlog.buf + off)) {
+		const uint8_t *r = backlog.buf + off;
+		msg_begin(id, r[0] ? MSG_STDERR : MSG_STDOUT);
+		msg_bytes(r + 3, record_len(r) - 3);
+		msg_send();
+	}
+	/* A host that left during the replay gets all of it again on its next attach. */
+	if (app->id == id)
+		memset(&backlog, 0, sizeof backlog);
 }
 
 /* ---------------------------------------------------------------- WAIT_PORT */
@@ -202,7 +267,8 @@ int procs_pollfds(struct pollfd *pfds, int *tags, int max)
 }
 
 /* Reads one chunk (at most max bytes) from stdout (j=0) or stderr (j=1) and forwards it while its
- * request is live. Closes the pipe at EOF. Returns the bytes read. */
+ * request is live; a detached app's output goes to its backlog. Closes the pipe at EOF. Returns
+ * the bytes read. */
 static size_t forward(struct proc *p, int j, size_t max)
 {
 	static uint8_t scratch[OUTPUT_CHUNK_MAX];
@@ -213,6 +279,8 @@ static size_t forward(struct proc *p, int j, size_t max)
 		if (buf) {
 			msg_commit((size_t)n);
 			msg_send();
+		} else if (p == app && !p->id) {
+			backlog_add(j, scratch, (size_t)n);
 		}
 		return (size_t)n;
 	}
@@ -329,7 +397,8 @@ void procs_forget_connection(void)
 		struct proc *p = &procs[i];
 		if (!p->used)
 			continue;
-		/* Nobody waits for these any more. The app keeps running, its output discarded. */
+		/* Nobody waits for these any more. The app keeps running, its output kept in the
+		 * backlog until an APP_ATTACH. */
 		if (p->kind == K_EXEC && p->id)
 			kill(-p->pid, SIGKILL);
 		else if (p->kind == K_WAIT_PORT)

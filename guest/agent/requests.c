@@ -374,7 +374,7 @@ static bool allowed_before_root(uint16_t type)
 static int expected_items(uint16_t type)
 {
 	switch (type) {
-	case MSG_HELLO: case MSG_SYNC: case MSG_SHUTDOWN: return 0;
+	case MSG_HELLO: case MSG_SYNC: case MSG_SHUTDOWN: case MSG_APP_ATTACH: return 0;
 	case MSG_EXEC: return 6;
 	case MSG_FILE_WRITE: return 4;
 	case MSG_FILE_READ: return 3;
@@ -398,6 +398,9 @@ static const char *dispatch(uint32_t id, uint16_t type, const struct item *it)
 	int err;
 	switch (type) {
 	case MSG_HELLO:
+		/* A new session: after a snapshot restore the host connects again, but the guest never
+		 * saw the old connection end (PROTOCOL.md, "Connection loss and sessions"). */
+		procs_forget_connection();
 		msg_begin(id, MSG_OK);
 		msg_u32(PROTOCOL_VERSION);
 		msg_str(AGENT_VERSION);
@@ -439,6 +442,9 @@ static const char *dispatch(uint32_t id, uint16_t type, const struct item *it)
 		err = file_read(id, path, u, c);
 		if (err)
 			reply_errno(id, err, "read", path);
+		return NULL;
+	case MSG_APP_ATTACH:
+		proc_app_attach(id);
 		return NULL;
 	case MSG_APP_STOP:
 		if (!get_u32(&it[0], &a))

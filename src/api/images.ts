@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { AppError } from '../errors/errors.ts';
 import { parseArtifactUri } from '../images/artifact/fetch.ts';
 import { createFromUpload, deleteVersion, latestVersions, MAX_UPLOAD_BYTES, versionsOf, type ImagesDeps } from './image-actions.ts';
-import { followLog, openLogFile } from './log-stream.ts';
+import { followLog, openLogFile, subscribeBuildLog, wantsFollow } from './log-stream.ts';
 import {
   CreateImageBody,
   DeleteImageQuery,
@@ -121,11 +121,9 @@ export async function imageRoutes(app: FastifyInstance, options: ImageRoutesOpti
     const { name, version } = request.params;
     const record = await images.store.images.get(request.accountId, name, version);
     const file = `${images.builder.versionDir(record)}/build.log`;
-    const follow = request.query.follow === 'true' || (request.query.follow === undefined && (request.headers.accept ?? '').includes('text/event-stream'));
-    if (follow) {
+    if (wantsFollow(request)) {
       followLog(reply, {
-        live: images.builder.liveLog(record),
-        file,
+        subscribe: (follower) => subscribeBuildLog(images.builder.liveLog(record), file, follower),
         endData: async () => {
           const final = await images.store.images.get(request.accountId, name, version);
           return { state: final.state, ...(final.stateReason !== undefined && { stateReason: final.stateReason }), ...(final.stateReasonCode !== undefined && { stateReasonCode: final.stateReasonCode }) };

@@ -1,4 +1,4 @@
-/** The image commands: create (upload or URI, optionally waiting on the live build log), get, list, delete, logs. */
+/** The image commands: create (upload or URI, optionally waiting on the live build log), get, list, delete. */
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -84,20 +84,6 @@ export function registerImageCommands(program: Command): void {
       if (chosen === undefined) throw new UsageError('--image-version is required (or --image-identifier NAME:VERSION)');
       ctx.print(await ctx.client.deleteImage(name, chosen));
     });
-
-  program
-    .command('logs')
-    .description("an image version's build log (default: the newest version) as text on stdout")
-    .requiredOption('--image-identifier <name[:version]>', 'NAME or NAME:VERSION')
-    .option('--follow', 'keep printing lines until the build ends; exit non-zero if it FAILED')
-    .action(async (options: { imageIdentifier: string; follow?: boolean }, command: Command) => {
-      const ctx = contextOf(command);
-      const { name, version } = parseImageIdentifier(options.imageIdentifier);
-      const chosen = version ?? (await newestVersion(ctx.client, name));
-      if (!options.follow) return void process.stdout.write(await ctx.client.buildLogs(name, chosen));
-      const end = await ctx.client.followBuildLogs(name, chosen, (line) => process.stdout.write(`${line}\n`));
-      if (end.state === 'FAILED') throw buildFailure({ name, version: chosen, ...end });
-    });
 }
 
 async function createImage(ctx: Context, options: CreateOptions): Promise<Image> {
@@ -150,7 +136,7 @@ async function waitForBuild(ctx: Context, image: Image): Promise<Image> {
   }
 }
 
-async function newestVersion(client: CocoonClient, name: string): Promise<string> {
+export async function newestVersion(client: CocoonClient, name: string): Promise<string> {
   const { versions } = await client.listImageVersions(name);
   const newest = versions.at(-1);
   if (!newest) throw new CocoonApiError('image.not_found', `image ${name} has no versions`, 404);
@@ -158,7 +144,7 @@ async function newestVersion(client: CocoonClient, name: string): Promise<string
 }
 
 /** A FAILED build as an error: its reason code when the registry knows it, else image.build_failed. */
-function buildFailure(image: BuildEnd & { name: string; version: string }): CocoonApiError {
+export function buildFailure(image: BuildEnd & { name: string; version: string }): CocoonApiError {
   return new CocoonApiError(image.stateReasonCode ?? 'image.build_failed', `${image.name}:${image.version} FAILED: ${image.stateReason ?? 'no reason recorded'}`, 0);
 }
 

@@ -17,15 +17,18 @@ const dir = await mkdtemp(path.join(os.tmpdir(), 'cocoon-agent-test-'));
 after(() => rm(dir, { recursive: true, force: true }));
 let sockets = 0;
 
-/** Starts a fake guest that answers HELLO and then replies to the next request with `misbehave`. */
-async function hostileGuest(misbehave: (request: Frame) => Buffer): Promise<{ client: AgentClient; close: () => void }> {
+/**
+ * Starts a fake guest that answers HELLO (after `beforeHello`: frames of a session before a
+ * snapshot restore) and then replies to the next request with `misbehave`.
+ */
+async function hostileGuest(misbehave: (request: Frame) => Buffer, beforeHello = Buffer.alloc(0)): Promise<{ client: AgentClient; close: () => void }> {
   const socketPath = path.join(dir, `agent${sockets++}.sock`);
   const server = net.createServer((socket) => {
     const decoder = new FrameDecoder();
     socket.on('data', (chunk) => {
       for (const frame of decoder.push(chunk)) {
         if (frame.type === RequestType.HELLO) {
-          socket.write(encodeFrame({ id: frame.id, type: ReplyType.OK, items: [item.u32(1), item.string('hostile')] }));
+          socket.write(Buffer.concat([beforeHello, encodeFrame({ id: frame.id, type: ReplyType.OK, items: [item.u32(1), item.string('hostile')] })]));
         } else {
           socket.write(misbehave(frame));
         }
@@ -80,6 +83,55 @@ test('a guest that never answers times out without closing', async () => {
   const { client, close } = await hostileGuest(() => Buffer.alloc(0));
   try {
     await assert.rejects(client.sync(), (error) => isAppError(error, 'guest.timeout'));
+    assert.equal(client.closed, false);
+  } finally {
+    close();
+  }
+});
+
+test('frames of the guest\'s previous session are dropped until HELLO is answered, not after', async () => {
+  const stale = encodeFrame({ id: 4242, type: ReplyType.STDOUT, items: [item.string('from before the snapshot')] });
+  const { client, close } = await hostileGuest(() => stale, Buffer.concat([stale, stale]));
+  try {
+    assert.equal(client.closed, false);
+    await assert.rejects(client.sync(), (error) => isAppError(error, 'guest.protocol_violation') && /unknown request id 4242/.test(error.message));
+  } finally {
+    close();
+  }
+});
+
+test('APP_ATTACH: the pid, then output events; an oversized chunk on the app stream closes the connection', async () => {
+  const { client, close } = await hostileGuest((r) => Buffer.concat([
+    encodeFrame({ id: r.id, type: ReplyType.OK, items: [item.u32(7)] }),
+    encodeFrame({ id: r.id, type: ReplyType.STDERR, items: [item.string('kept while detached\n')] }),
+    encodeFrame({ id: r.id, type: ReplyType.STDOUT, items: [Buffer.alloc(40_000)] }),
+  ]));
+  try {
+    const output: string[] = [];
+    client.on('app-output', (stream, chunk) => output.push(`${stream}: ${chunk.toString()}`));
+    const closed = new Promise<Error>((resolve) => client.once('close', resolve));
+    assert.deepEqual(await client.attachApp(), { pid: 7 });
+    assert.ok(isAppError(await closed, 'guest.protocol_violation'));
+    assert.deepEqual(output, ['stderr: kept while detached\n']);
+  } finally {
+    close();
+  }
+});
+
+test('APP_ATTACH refused by an older agent: guestCode unsupported, the connection stays', async () => {
+  const { client, close } = await hostileGuest((r) => encodeFrame({ id: r.id, type: ReplyType.ERROR, items: [item.string('unsupported'), item.string('unknown request type 0x0d')] }));
+  try {
+    await assert.rejects(client.attachApp(), (error) => isAppError(error, 'guest.request_failed') && error.details.guestCode === 'unsupported');
+    assert.equal(client.closed, false);
+  } finally {
+    close();
+  }
+});
+
+test('an APP_ATTACH that is never answered times out like any request', async () => {
+  const { client, close } = await hostileGuest(() => Buffer.alloc(0));
+  try {
+    await assert.rejects(client.attachApp(), (error) => isAppError(error, 'guest.timeout'));
     assert.equal(client.closed, false);
   } finally {
     close();

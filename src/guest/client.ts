@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { AppError } from '../errors/errors.ts';
 import { connectWithRetry } from '../host/sockets.ts';
 import {
@@ -54,6 +54,8 @@ interface Pending {
   onFrame(frame: Frame): boolean;
   fail(error: Error): void;
   timer?: NodeJS.Timeout;
+  /** The timeout covers the first reply only: a stream of unbounded length follows it. */
+  firstReplyOnly?: boolean;
 }
 
 export interface AgentClientEvents {
@@ -66,7 +68,10 @@ export interface AgentClientEvents {
 export class AgentClient extends EventEmitter<AgentClientEvents> {
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
+  /** Random per connection, so that ids of a restored guest's previous session never look like ours. */
+  private nextId = randomInt(1, 2 ** 30);
+  /** False until HELLO is answered: frames of the guest's previous session are dropped until then. */
+  private sessionOpen = false;
   private closedWith: AppError | undefined;
   private appStreamId = 0;
 
@@ -187,21 +192,40 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   }
 
   /** Starts the one app process; its output and exit arrive as 'app-output' and 'app-exit' events. */
-  async startApp(options: AppOptions): Promise<{ pid: number }> {
+  startApp(options: AppOptions): Promise<{ pid: number }> {
+    return this.appStream(RequestType.APP_START, [
+      item.strings(options.argv),
+      item.strings(Object.entries(options.env ?? {}).map(([k, v]) => `${k}=${v}`)),
+      item.string(options.cwd ?? ''),
+      item.string(options.user ?? ''),
+    ]);
+  }
+
+  /**
+   * Attaches the running app's output to this connection (agent 1.2 and later): what it printed
+   * while no host was attached comes first (the agent keeps the last 64 KiB), then its live output,
+   * as 'app-output' events, and its exit as 'app-exit', as after `startApp`. Listen before calling:
+   * that backlog may arrive together with the reply. Fails with `guest.request_failed` whose
+   * `guestCode` is `not_found` (no app runs), `busy` (its output already comes here) or
+   * `unsupported` (an older agent).
+   */
+  attachApp(): Promise<{ pid: number }> {
+    return this.appStream(RequestType.APP_ATTACH, []);
+  }
+
+  /** APP_START and APP_ATTACH: OK with the pid, then the app's output and one APP_EXIT under this id. */
+  private async appStream(type: number, items: Item[]): Promise<{ pid: number }> {
     const id = this.nextId;
+    const name = requestName(type);
     let started = false;
     const pid = await new Promise<number>((resolve, reject) => {
-      this.send(RequestType.APP_START, [
-        item.strings(options.argv),
-        item.strings(Object.entries(options.env ?? {}).map(([k, v]) => `${k}=${v}`)),
-        item.string(options.cwd ?? ''),
-        item.string(options.user ?? ''),
-      ], {
-        timeoutMs: 0,
+      this.send(type, items, {
+        timeoutMs: this.requestTimeoutMs,
+        firstReplyOnly: true,
         onFrame: (frame) => {
           if (!started) {
-            if (frame.type === ReplyType.ERROR) { reject(requestError(frame, 'app start')); return true; }
-            if (frame.type !== ReplyType.OK) throw new ProtocolViolation('APP_START must be answered by OK or ERROR');
+            if (frame.type === ReplyType.ERROR) { reject(requestError(frame, name)); return true; }
+            if (frame.type !== ReplyType.OK) throw new ProtocolViolation(`${name} must be answered by OK or ERROR`);
             read.count(frame, 1);
             started = true;
             this.appStreamId = id;
@@ -290,7 +314,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   private send(type: number, items: Item[], handler: Pending & { timeoutMs: number }): void {
     if (this.closedWith) { handler.fail(this.closedWith); return; }
     const id = this.nextId++;
-    const entry: Pending = { onFrame: handler.onFrame, fail: handler.fail };
+    const entry: Pending = { onFrame: handler.onFrame, fail: handler.fail, firstReplyOnly: handler.firstReplyOnly === true };
     if (handler.timeoutMs > 0) {
       entry.timer = setTimeout(() => {
         this.pending.delete(id);
@@ -319,10 +343,19 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       return;
     }
     const entry = this.pending.get(frame.id);
-    if (!entry) throw new ProtocolViolation(`reply for unknown request id ${frame.id}`);
+    if (!entry) {
+      // A guest restored from a snapshot never saw its old connection end: until it has answered
+      // HELLO (which ends that session, PROTOCOL.md), frames of that session may still arrive.
+      if (!this.sessionOpen) return;
+      throw new ProtocolViolation(`reply for unknown request id ${frame.id}`);
+    }
+    // Before HELLO is answered, HELLO is the only request pending.
+    this.sessionOpen = true;
     if (entry.onFrame(frame)) {
       clearTimeout(entry.timer);
       this.pending.delete(frame.id);
+    } else if (entry.firstReplyOnly) {
+      clearTimeout(entry.timer);
     }
   }
 

@@ -21,6 +21,7 @@ export const RequestType = {
   SYNC: 0x0a,
   SHUTDOWN: 0x0b,
   ROOT: 0x0c,
+  APP_ATTACH: 0x0d,
 } as const;
 
 export const ReplyType = {

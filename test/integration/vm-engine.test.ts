@@ -15,7 +15,7 @@ import { loadConfig } from '../../src/config/config.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
 import { vmPaths } from '../../src/host/paths.ts';
 import type { RunningVm, SuspendedVm, TemplateSnapshot } from '../../src/vmm/driver.ts';
-import { httpGet } from '../../src/host/http-probe.ts';
+import { httpGet, waitUntil } from '../../src/host/http-probe.ts';
 
 const APP_PORT = 8080;
 const MEMORY_MIB = 128;
@@ -243,6 +243,53 @@ describe('template snapshot, clones, suspend and resume', () => {
       engine.driver.launch({ ...template, qemuVersion: 'QEMU emulator version 0.0' }, path.join(workDir, 'incompatible')),
       (error) => isAppError(error, 'vmm.incompatible_snapshot'),
     );
+  });
+});
+
+describe('APP_ATTACH: the app of a clone, whose output began in the template session', () => {
+  // Each line written to /tmp/say is printed on stdout and stderr, then acknowledged in /tmp/said.
+  const APP = 'mkfifo /tmp/say && echo started && while :; do while read line; do echo "out $line"; echo "err $line" >&2; echo "$line" >> /tmp/said; done < /tmp/say; done';
+  let clone: RunningVm;
+  const output: string[] = [];
+
+  /** Makes the app print `line` and waits until it has. */
+  const say = (vm: RunningVm, line: string) => sh(vm, `echo ${line} > /tmp/say; until grep -qx ${line} /tmp/said 2>/dev/null; do sleep 0.05; done`);
+  const printed = (text: string) => waitUntil(async () => output.join('').includes(text), 30_000, 20)
+    .catch(() => assert.fail(`"${text}" is not in the app output: ${JSON.stringify(output.join(''))}`));
+
+  before(async () => {
+    const source = await boot('attach-template', true);
+    const sourceOutput: string[] = [];
+    source.agent.on('app-output', (_stream, chunk) => sourceOutput.push(chunk.toString()));
+    await source.agent.startApp({ argv: ['/bin/sh', '-c', APP] });
+    await waitUntil(async () => sourceOutput.join('').includes('started'), 30_000, 20);
+    await say(source, 'in-template');
+    // All of it reached the template session before the snapshot.
+    await waitUntil(async () => /out in-template[^]*err in-template|err in-template[^]*out in-template/.test(sourceOutput.join('')), 30_000, 20);
+    running.delete(source);
+    clone = await launch(await engine.driver.snapshotTemplate(source), 'attach-clone');
+    clone.agent.on('app-output', (stream, chunk) => output.push(`${stream}:${chunk.toString()}`));
+  });
+  after(() => stop(clone));
+
+  test('output while detached is kept and comes first; then live output; a second attach is busy', async () => {
+    await say(clone, 'detached');
+    assert.deepEqual(output, [], 'nothing arrives before the attach (the template session is over)');
+    const { pid } = await clone.agent.attachApp();
+    assert.ok(pid > 1);
+    await printed('stdout:out detached\n');
+    await printed('stderr:err detached\n');
+    await assert.rejects(clone.agent.attachApp(), (error) => isAppError(error, 'guest.request_failed') && error.details.guestCode === 'busy');
+    await say(clone, 'attached');
+    await printed('stdout:out attached\n');
+    assert.deepEqual(output.join('').split('\n').filter((line) => line.includes('in-template')), [], 'output of the template session is not repeated');
+  });
+
+  test('the attach stream ends with APP_EXIT; then there is nothing to attach to', async () => {
+    const exited = new Promise<{ signal: number }>((resolve) => clone.agent.once('app-exit', resolve));
+    await clone.agent.stopApp(2000);
+    assert.equal((await exited).signal, 15);
+    await assert.rejects(clone.agent.attachApp(), (error) => isAppError(error, 'guest.request_failed') && error.details.guestCode === 'not_found');
   });
 });
 
