@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isRemoteUri, parseBuildArg, parseCodeArtifact, parseImageIdentifier, parseInteger, parseJsonObject, UsageError } from './args.ts';
+import { isRemoteUri, parseAllowedPorts, parseBuildArg, parseCodeArtifact, parseImageIdentifier, parseInteger, parseJsonObject, UsageError } from './args.ts';
 
 test('--code-artifact: uri=… or a bare URI; other keys are usage errors', () => {
   assert.equal(parseCodeArtifact('uri=./app.zip'), './app.zip');
@@ -28,4 +28,19 @@ test('JSON objects, integers and build args', () => {
   for (const bad of ['-1', '1.5', '', 'x', '99999999999']) assert.throws(() => parseInteger('--n', bad), UsageError, bad);
   assert.deepEqual(parseBuildArg('B=x=y', { A: '1' }), { A: '1', B: 'x=y' });
   assert.throws(() => parseBuildArg('=x'), UsageError);
+});
+
+test('--allowed-ports: the AWS shorthand (port=, fromPort=,toPort=, all=true) or JSON; mistakes are usage errors', () => {
+  assert.deepEqual(parseAllowedPorts('port=8080'), [{ port: 8080 }]);
+  assert.deepEqual(parseAllowedPorts('fromPort=8000,toPort=8100'), [{ fromPort: 8000, toPort: 8100 }]);
+  assert.deepEqual(parseAllowedPorts('toPort=8100,fromPort=8000'), [{ fromPort: 8000, toPort: 8100 }]);
+  assert.deepEqual(parseAllowedPorts('all=true'), [{ all: true }]);
+  assert.deepEqual(parseAllowedPorts('{"port":1}'), [{ port: 1 }]);
+  assert.deepEqual(parseAllowedPorts('[{"port":1},{"fromPort":2,"toPort":3}]'), [{ port: 1 }, { fromPort: 2, toPort: 3 }]);
+  const bad = [
+    '', '8080', 'port=', 'port=0', 'port=65536', 'port=80.5', 'port=-1', 'port=0x50', 'Port=80', 'port=80,port=81', 'port=80,toPort=90',
+    'fromPort=8000', 'toPort=8100', 'fromPort=1,toPort=2,port=3', 'all=false', 'all=1', 'all=true,port=80', 'port=80,', 'ports=80',
+    '{', '[1]', '["port=80"]', '{"port":1', 'null',
+  ];
+  for (const value of bad) assert.throws(() => parseAllowedPorts(value), (error: unknown) => error instanceof UsageError && error.message.startsWith('--allowed-ports'), value);
 });

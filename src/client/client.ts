@@ -7,14 +7,19 @@ import { Readable } from 'node:stream';
 import { CocoonApiError, errorFromResponse } from './errors.ts';
 import { SseParser } from './sse.ts';
 import type {
+  AuthTokenKeyRotation,
   BuildEnd,
+  CreateMicroVmAuthTokenRequest,
   CreateImageRequest,
   Image,
   ImageList,
   ImageVersionList,
   ListMicroVmsFilter,
   MicroVm,
+  MicroVmAuthToken,
   MicroVmList,
+  MicroVmLogEnd,
+  MicroVmLogOptions,
   RunMicroVmRequest,
   UploadImageOptions,
 } from './types.ts';
@@ -91,24 +96,8 @@ export class CocoonClient {
    * Follows a build's log (Server-Sent Events): every line so far, then each new one as the build
    * writes it, until the build ends. Resolves with the final state.
    */
-  async followBuildLogs(name: string, version: string, onLine: (line: string) => void, options?: RequestOptions): Promise<BuildEnd> {
-    const response = await this.send('GET', logsPath(name, version), { query: { follow: 'true' }, accept: 'text/event-stream', stream: true, ...options });
-    let end: BuildEnd | undefined;
-    const parser = new SseParser((event) => {
-      if (event.event === 'end') end = JSON.parse(event.data) as BuildEnd;
-      else if (event.event === 'message') onLine(event.data);
-    });
-    try {
-      const decoder = new TextDecoder();
-      for await (const chunk of response.body ?? []) {
-        parser.push(decoder.decode(chunk as Uint8Array, { stream: true }));
-        if (end) break;
-      }
-    } catch (error) {
-      throw new CocoonApiError('client.stream_ended', `the log stream of ${name}:${version} broke: ${(error as Error).message}`, response.status, {}, { cause: error });
-    }
-    if (!end) throw new CocoonApiError('client.stream_ended', `the log stream of ${name}:${version} closed before the build ended`, response.status);
-    return end;
+  followBuildLogs(name: string, version: string, onLine: (line: string) => void, options?: RequestOptions): Promise<BuildEnd> {
+    return this.followLog(logsPath(name, version), {}, onLine, { what: `${name}:${version}`, until: 'the build ended' }, options);
   }
 
   // ---- MicroVMs
@@ -137,7 +126,55 @@ export class CocoonClient {
     return this.json('POST', `/v1/microvms/${segment(microvmId)}/terminate`, options);
   }
 
+  /** The app's runtime log so far, as text: lines of `<time> <stdout|stderr|cocoon> <text>`. */
+  async microvmLogs(microvmId: string, logOptions: MicroVmLogOptions = {}, options?: RequestOptions): Promise<string> {
+    const response = await this.send('GET', `/v1/microvms/${segment(microvmId)}/logs`, { query: { ...logOptions }, accept: 'text/plain', ...options });
+    return response.text();
+  }
+
+  /**
+   * Follows the app's runtime log (Server-Sent Events): the lines so far (the last `tail` of them,
+   * if given), then each new one, across suspends and resumes, until the MicroVM is TERMINATED or
+   * FAILED. Resolves with that final state; abort `options.signal` to stop earlier.
+   */
+  followMicroVmLogs(microvmId: string, onLine: (line: string) => void, logOptions: MicroVmLogOptions = {}, options?: RequestOptions): Promise<MicroVmLogEnd> {
+    return this.followLog(`/v1/microvms/${segment(microvmId)}/logs`, { ...logOptions }, onLine, { what: microvmId, until: 'the MicroVM ended' }, options);
+  }
+
+  // ---- auth tokens
+
+  /** A token for the MicroVM's endpoint: send `authToken` as headers. Never log it. */
+  createMicroVmAuthToken(microvmId: string, request: CreateMicroVmAuthTokenRequest = {}, options?: RequestOptions): Promise<MicroVmAuthToken> {
+    return this.json('POST', `/v1/microvms/${segment(microvmId)}/auth-token`, { body: request, ...options });
+  }
+
+  /** Admin only: a new minting key; tokens of the previous key stay valid until they expire. */
+  rotateAuthTokenKeys(options?: RequestOptions): Promise<AuthTokenKeyRotation> {
+    return this.json('POST', '/v1/admin/auth-token-keys/rotate', options);
+  }
+
   // ---- transport
+
+  /** A log followed as Server-Sent Events: `data` lines to `onLine`, then the data of `event: end`. */
+  private async followLog<T>(path: string, query: Query, onLine: (line: string) => void, describe: { what: string; until: string }, options?: RequestOptions): Promise<T> {
+    const response = await this.send('GET', path, { query: { ...query, follow: 'true' }, accept: 'text/event-stream', stream: true, ...options });
+    let end: T | undefined;
+    const parser = new SseParser((event) => {
+      if (event.event === 'end') end = JSON.parse(event.data) as T;
+      else if (event.event === 'message') onLine(event.data);
+    });
+    try {
+      const decoder = new TextDecoder();
+      for await (const chunk of response.body ?? []) {
+        parser.push(decoder.decode(chunk as Uint8Array, { stream: true }));
+        if (end) break;
+      }
+    } catch (error) {
+      throw new CocoonApiError('client.stream_ended', `the log stream of ${describe.what} broke: ${(error as Error).message}`, response.status, {}, { cause: error });
+    }
+    if (!end) throw new CocoonApiError('client.stream_ended', `the log stream of ${describe.what} closed before ${describe.until}`, response.status);
+    return end;
+  }
 
   private async json<T>(method: string, path: string, options: SendOptions = {}): Promise<T> {
     const response = await this.send(method, path, { accept: 'application/json', ...options });

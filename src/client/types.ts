@@ -14,6 +14,7 @@ export interface CreateImageRequest {
   appPort?: number;
   hooksPort?: number;
   readinessTimeoutSeconds?: number;
+  /** The size, named by its baseline memory: 512, 1024, 2048 (default), 4096 or 8192; 128 and 256 are test sizes. */
   memoryMiB?: number;
 }
 
@@ -37,6 +38,15 @@ export interface ImageBuiltWith {
   accelerator: string;
 }
 
+/** A size (what an image's `memoryMiB` names). */
+export interface VmSize {
+  memoryMiB: number;
+  baselineVcpus: number;
+  /** The CPU quota of its QEMU; the guest has this many vCPUs, at most the host's cores. */
+  burstVcpus: number;
+  diskGiB: number;
+}
+
 export interface Image {
   name: string;
   version: string;
@@ -52,6 +62,8 @@ export interface Image {
   hooksPort: number;
   readinessTimeoutSeconds: number;
   memoryMiB: number;
+  /** Absent for images built before sizes existed. */
+  size?: VmSize;
   runtime?: ImageRuntime;
   builtWith?: ImageBuiltWith;
   warnings?: string[];
@@ -92,6 +104,14 @@ export interface RunMicroVmRequest {
   maximumDurationInSeconds?: number;
   /** Delivered to the app's `run` hook after launch (secrets, per-VM config). */
   runHookPayload?: string;
+  /** What the guest may reach; default `{ mode: 'none' }`. `internet` needs a root host (else `vm.egress_unavailable`). */
+  egress?: EgressPolicy;
+}
+
+/** `none`: nothing leaves the guest. `internet`: public IPv4 destinations, all or only those in `allow`. */
+export interface EgressPolicy {
+  mode: 'none' | 'internet';
+  allow?: Array<{ cidr: string; ports?: number[] }>;
 }
 
 export interface MicroVm {
@@ -104,8 +124,11 @@ export interface MicroVm {
   idlePolicy: IdlePolicy;
   maximumDurationInSeconds: number;
   endpoint?: string;
-  /** The app's loopback port on the Cocoon host while RUNNING (until the endpoint proxy exists). */
+  /** The app's port on the Cocoon host while RUNNING, on `localAddress` (for the host itself; clients use `endpoint`). */
   localPort?: number;
+  /** Where `localPort` listens: 127.0.0.1, or the MicroVM's network namespace (`internet` egress). */
+  localAddress?: string;
+  egress: EgressPolicy;
   createdAt: string;
   updatedAt: string;
   startedAt?: string;
@@ -114,13 +137,63 @@ export interface MicroVm {
   lastActivityAt?: string;
   resumeCount: number;
   runningSeconds: number;
+  /** Its image's size; absent once the image is deleted. */
+  size?: VmSize;
+  usage: MicroVmUsage;
+  /** While RUNNING: what holds its QEMU to its size's CPU quota and memory limit. */
+  limitsEnforcedBy?: 'cgroup-v1' | 'cgroup-v2' | 'none';
+}
+
+/** Sampled each second: the basis of cost reports. */
+export interface MicroVmUsage {
+  /** Seconds RUNNING, billed at the baseline size. */
+  baselineSeconds: number;
+  /** CPU-seconds used above the baseline vCPUs while RUNNING. */
+  burstCpuSeconds: number;
+  suspendedSeconds: number;
+  /** Size of its last suspend snapshot (saved state + disk overlay). */
+  snapshotBytes: number;
 }
 
 export interface MicroVmList {
   microvms: MicroVm[];
 }
 
+export interface MicroVmLogOptions {
+  /** Only the newest N lines of the log so far. */
+  tail?: number;
+}
+
+/** The data of a followed runtime log's final `end` event: the MicroVM's state once it ended. */
+export interface MicroVmLogEnd {
+  state: MicroVmState;
+  stateReason?: string;
+}
+
 export interface ListMicroVmsFilter {
   state?: MicroVmState;
   imageVersion?: string;
+}
+
+/** A guest port, an inclusive range, or every port (alone). */
+export type AllowedPort = { port: number } | { fromPort: number; toPort: number } | { all: true };
+
+export interface CreateMicroVmAuthTokenRequest {
+  /** 1–60, default 60. */
+  expirationInMinutes?: number;
+  /** Default: the image's app port only. */
+  allowedPorts?: AllowedPort[];
+}
+
+export interface MicroVmAuthToken {
+  /** The header to send to the MicroVM's endpoint. */
+  authToken: { 'X-Cocoon-Auth': string };
+  expiresAt: string;
+  /** Sorted, overlapping ranges merged. */
+  allowedPorts: AllowedPort[];
+}
+
+export interface AuthTokenKeyRotation {
+  /** The id of the new minting key. */
+  kid: string;
 }
