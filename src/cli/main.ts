@@ -8,6 +8,7 @@ import { DEFAULT_ENDPOINT } from '../client/index.ts';
 import { describeError, exitCodeOf } from './context.ts';
 import { OUTPUT_FORMATS } from './format.ts';
 import { registerImageCommands } from './image-commands.ts';
+import { registerLogsCommand } from './logs-command.ts';
 import { registerMicroVmCommands } from './microvm-commands.ts';
 import { registerServerCommand } from './server-command.ts';
 
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
     .option('--query <jmespath>', 'a JMESPath expression applied to the result before printing')
     .showHelpAfterError('(add --help for usage)');
   registerImageCommands(program);
+  registerLogsCommand(program);
   registerMicroVmCommands(program);
   registerServerCommand(program);
   // Usage errors are exit code 2 (commander's default is 1), help and --version are 0.
