@@ -5,10 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { AppError, isAppError } from '../errors/errors.ts';
 import { httpGet, waitUntil } from '../host/http-probe.ts';
 import { templatePaths } from '../host/paths.ts';
+import type { ExecResult } from '../guest/client.ts';
 import type { RunningVm, TemplateSnapshot, VmDriver } from '../vmm/driver.ts';
 import { EGRESS_PROXY } from '../vmm/qemu/argv.ts';
 import { fetchArtifact, extractZip, locateDockerfile, type S3Config } from './artifact/index.ts';
@@ -19,6 +21,7 @@ import { describeStep, planBuild, type BuildPlan, type CopyStep, type Stage, typ
 import { LayerStore } from './layers.ts';
 import { waitUntilReady } from './readiness.ts';
 import type { ImageRecord } from './records.ts';
+import { DEFAULT_MEMORY_MIB, guestVcpus, hostLimitsOf, sizeOf, type VmSize } from './sizes.ts';
 import type { ImageRepository, StoredImage } from '../store/index.ts';
 
 export type BaseImageName = 'tiny' | 'debian';
@@ -38,6 +41,7 @@ export interface BuildRequest {
   hooksPort?: number;
   /** 1–3600 s; default 300. */
   readinessTimeoutSeconds?: number;
+  /** The image's size, named by its baseline memory (src/images/sizes.ts); default 2048. */
   memoryMiB?: number;
 }
 
@@ -55,7 +59,9 @@ export interface BuilderDeps {
 
 const DEFAULT_APP_PORT = 8080;
 const DEFAULT_HOOKS_PORT = 9000;
+/** Build steps run at the 1 GiB size, one vCPU. */
 const BUILD_VM_MEMORY_MIB = 1024;
+const BUILD_VM_SHAPE = { memoryMiB: BUILD_VM_MEMORY_MIB, vcpus: 1, limits: hostLimitsOf(sizeOf(BUILD_VM_MEMORY_MIB)) };
 const PROXY_URL = `http://${EGRESS_PROXY.address}:${EGRESS_PROXY.port}`;
 /** Lines a running build keeps in memory for followers that join late; the file keeps them all. */
 const LIVE_LOG_MAX_LINES = 10_000;
@@ -137,13 +143,14 @@ export class ImageBuilder {
     for (const port of [request.appPort, request.hooksPort]) {
       if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) throw new AppError('config.invalid', `port ${port} is not 1–65535`);
     }
+    const size = sizeOf(request.memoryMiB ?? DEFAULT_MEMORY_MIB);
     const record = await this.deps.images.createVersion(accountId, {
       name: request.name,
       codeArtifact: { uri: request.codeArtifactUri },
       appPort: request.appPort ?? DEFAULT_APP_PORT,
       hooksPort: request.hooksPort ?? DEFAULT_HOOKS_PORT,
       readinessTimeoutSeconds: timeoutSeconds,
-      memoryMiB: request.memoryMiB ?? 512,
+      memoryMiB: size.memoryMiB,
     });
     await mkdir(this.versionDir(record), { recursive: true });
     const log = new BuildLog(path.join(this.versionDir(record), 'build.log'));
@@ -289,7 +296,7 @@ export class ImageBuilder {
     log.line(`booting the build VM${stage.name ? ` for stage ${stage.name}` : ''}`);
     const vmDir = path.join(build.workDir, `build-${stage.index}`);
     const vm = await this.deps.driver.boot({
-      dir: vmDir, hostname: 'cocoon-build', memoryMiB: BUILD_VM_MEMORY_MIB, vcpus: 1, guestPorts: [], templateSource: false,
+      dir: vmDir, hostname: 'cocoon-build', ...BUILD_VM_SHAPE, guestPorts: [], templateSource: false,
       rootDisk: { kind: 'overlay', backingPath: this.layers.pathOf(steps[firstMiss]!.parentKey), activePath: this.layers.pathOf(steps[firstMiss]!.cacheKey) },
       egressSocket: this.deps.egressSocket,
     });
@@ -311,8 +318,8 @@ export class ImageBuilder {
       if (build.exports.has(file) || (await fileExists(file))) { build.exports.add(file); continue; }
       build.log.line(`exporting ${source.path} from stage ${stage.name ?? stage.index}`);
       const vm = await this.deps.driver.boot({
-        dir: path.join(build.workDir, `export-${build.exports.size}`), hostname: 'cocoon-build', memoryMiB: BUILD_VM_MEMORY_MIB,
-        vcpus: 1, guestPorts: [], templateSource: false, rootDisk: { kind: 'overlay', backingPath: this.layers.pathOf(stage.resultKey) },
+        dir: path.join(build.workDir, `export-${build.exports.size}`), hostname: 'cocoon-build', ...BUILD_VM_SHAPE,
+        guestPorts: [], templateSource: false, rootDisk: { kind: 'overlay', backingPath: this.layers.pathOf(stage.resultKey) },
       });
       build.live.add(vm);
       try {
@@ -374,15 +381,19 @@ export class ImageBuilder {
     const firstMiss = await this.firstUncached(build, steps);
     const pending = firstMiss < steps.length ? steps[firstMiss]! : undefined;
     if (pending) await this.layers.discardUnfinished(pending.cacheKey);
+    const size = sizeOf(record.memoryMiB);
     const vm = await this.deps.driver.boot({
-      dir: templateDir, hostname: 'cocoon', memoryMiB: record.memoryMiB, vcpus: 1, templateSource: true,
-      guestPorts: [...new Set([record.appPort, record.hooksPort])],
+      dir: templateDir, hostname: 'cocoon', memoryMiB: size.memoryMiB, vcpus: guestVcpus(size, os.availableParallelism()),
+      limits: hostLimitsOf(size), templateSource: true,
+      // EXPOSEd ports too: the endpoint proxy reaches them (e.g. gRPC beside the HTTP app).
+      guestPorts: [...new Set([record.appPort, record.hooksPort, ...runtime.exposedPorts])],
       rootDisk: pending
         ? { kind: 'overlay', backingPath: this.layers.pathOf(pending.parentKey), activePath: this.layers.pathOf(pending.cacheKey) }
         : { kind: 'overlay', backingPath: this.layers.pathOf(final.resultKey) },
     });
     live.add(vm);
     await this.runSteps(build, vm, steps, firstMiss, templatePaths(templateDir).disk);
+    await growRootDisk(this.deps.driver, vm, size, log);
     log.line(`starting the app: ${JSON.stringify(runtime.argv)} (app port ${record.appPort}, hooks port ${record.hooksPort})`);
     vm.agent.on('app-output', (_stream, chunk) => log.output(chunk));
     const appExited = new Promise<never>((_, reject) => vm.agent.once('app-exit', (status) => reject(new AppError('image.build_failed',
@@ -413,6 +424,30 @@ export class ImageBuilder {
       await this.deps.driver.stop(vm);
     }
   }
+}
+
+/**
+ * Grows the template's own disk to the size's disk, and its ext4 filesystem online with the
+ * guest's resize2fs. Only the template's file grows: layers keep the base's size, so one cached
+ * layer serves images of every size. A base without resize2fs (cocoon/tiny) keeps its filesystem.
+ */
+async function growRootDisk(driver: VmDriver, vm: RunningVm, size: VmSize, log: BuildLog): Promise<void> {
+  const sizeBytes = size.diskGiB * 2 ** 30;
+  await driver.growDisk(vm, sizeBytes);
+  // The guest learns the new capacity from a config interrupt: resize2fs must wait for its kernel.
+  const sectors = async () => Number((await vm.agent.exec({ argv: ['cat', '/sys/block/vda/size'], timeoutMs: 10_000 })).stdout.toString().trim());
+  await waitUntil(async () => (await sectors()) * 512 >= sizeBytes, 30_000, 100)
+    .catch(() => { throw new AppError('image.build_failed', `the guest did not see its root disk grow to ${size.diskGiB} GiB`); });
+  let result: ExecResult;
+  try {
+    result = await vm.agent.exec({ argv: ['resize2fs', '/dev/vda'], timeoutMs: 300_000 });
+  } catch (error) {
+    if (!isAppError(error, 'guest.request_failed')) throw error;
+    log.line(`root disk: ${size.diskGiB} GiB; the base has no resize2fs, so its filesystem keeps its size`);
+    return;
+  }
+  if (result.exitCode !== 0) throw new AppError('image.build_failed', `growing the root filesystem failed: ${result.stderr.toString().trim()}`);
+  log.line(`root disk and filesystem: ${size.diskGiB} GiB`);
 }
 
 /** Steps that need no network and no earlier stage: they can run in the app VM. */

@@ -8,6 +8,8 @@ import { loadConfig, type Config } from '../config/config.ts';
 import path from 'node:path';
 import { ensureGuestArtifacts, type GuestArtifacts } from '../../guest/build/artifacts.ts';
 import { chooseAccelerator, type AcceleratorChoice } from '../vmm/accelerator.ts';
+import { Cgroups } from '../vmm/cgroups.ts';
+import { NetworkNamespaces } from '../vmm/netns.ts';
 import { QemuDriver } from '../vmm/qemu/driver.ts';
 
 /** A KVM that works boots the tiny guest in well under a second; a broken one hangs or aborts. */
@@ -19,6 +21,10 @@ export interface Engine {
   bootFiles: { kernelPath: string; initramfsPath: string };
   artifacts: GuestArtifacts;
   accelerator: AcceleratorChoice;
+  /** Undefined when this host's cgroups cannot be used: VMs then run without host CPU/memory limits. */
+  cgroups: Cgroups | undefined;
+  /** Undefined when VMs cannot get network namespaces here (not root, no nftables): `internet` egress is refused. */
+  networks: NetworkNamespaces | undefined;
 }
 
 export async function startEngine(options: { config?: Config; debian?: boolean; log?: (line: string) => void } = {}): Promise<Engine> {
@@ -37,8 +43,32 @@ export async function startEngine(options: { config?: Config; debian?: boolean; 
     },
   });
   log(`accelerator: ${accelerator.accelerator} (${accelerator.reason})`);
-  const driver = await QemuDriver.create({ accelerator: accelerator.accelerator, artifacts: boot, bootSnapshotDir: path.join(config.dataDir, 'guest', 'boot-snapshots') });
-  return { driver, bootFiles: boot, artifacts, accelerator };
+  const cgroups = await Cgroups.open().then(
+    (opened) => {
+      log(`resource limits: cgroup v${opened.version}`);
+      return opened;
+    },
+    (error: unknown) => {
+      log(`resource limits: cgroups unavailable (${(error as Error).message}); VMs run without host CPU and memory limits`);
+      return undefined;
+    },
+  );
+  const networks = await NetworkNamespaces.open({ owner: config.dataDir, log }).then(
+    (opened) => {
+      log('egress: internet mode available (a network namespace and nftables rules per VM)');
+      return { networks: opened };
+    },
+    (error: unknown) => {
+      const reason = (error as Error).message;
+      log(`egress: internet mode unavailable (${reason}); VMs get egress none only`);
+      return { networksUnavailable: reason };
+    },
+  );
+  const driver = await QemuDriver.create({
+    accelerator: accelerator.accelerator, artifacts: boot, bootSnapshotDir: path.join(config.dataDir, 'guest', 'boot-snapshots'), cgroups,
+    ...networks,
+  });
+  return { driver, bootFiles: boot, artifacts, accelerator, cgroups, networks: 'networks' in networks ? networks.networks : undefined };
 }
 
 /**

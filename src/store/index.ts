@@ -12,4 +12,6 @@ export {
   type MicroVmRecord,
   type MicroVmRepository,
   type MicroVmState,
+  type MicroVmUsage,
+  ZERO_USAGE,
 } from './microvms.ts';

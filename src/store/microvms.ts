@@ -4,6 +4,7 @@
  * `getAny` and `listByState` are for the daemon's own reconcile and timers.
  */
 import { AppError } from '../errors/errors.ts';
+import type { EgressSpec } from '../vmm/netns.ts';
 import { nowIso, writeTransaction, type Db } from './db.ts';
 
 export const MICROVM_STATES = ['PENDING', 'RUNNING', 'SUSPENDING', 'SUSPENDED', 'RESUMING', 'TERMINATING', 'TERMINATED', 'FAILED'] as const;
@@ -17,6 +18,19 @@ export interface IdlePolicy {
   autoResumeEnabled: boolean;
 }
 
+/** Usage counters, the basis of cost reports (sampled each second by src/vms/usage.ts). */
+export interface MicroVmUsage {
+  /** Seconds RUNNING: billed at the baseline size. */
+  baselineSeconds: number;
+  /** CPU-seconds used above the baseline vCPUs while RUNNING. */
+  burstCpuSeconds: number;
+  suspendedSeconds: number;
+  /** Size of its last suspend snapshot: saved state plus disk overlay. */
+  snapshotBytes: number;
+}
+
+export const ZERO_USAGE: MicroVmUsage = Object.freeze({ baselineSeconds: 0, burstCpuSeconds: 0, suspendedSeconds: 0, snapshotBytes: 0 });
+
 export interface MicroVmRecord {
   microvmId: string;
   accountId: string;
@@ -27,11 +41,13 @@ export interface MicroVmRecord {
   stateReason?: string;
   idlePolicy: IdlePolicy;
   maximumDurationInSeconds: number;
+  /** What the guest may reach, fixed at run (every resume restores it). */
+  egress: EgressSpec;
   endpoint?: string;
   /** The VM's directory on this host (overlay, suspended state, sockets, pidfile). */
   dir: string;
   pid?: number;
-  /** Guest port → loopback port on the host. */
+  /** Guest port → port on the host (on loopback, or on the VM's namespace address with `internet` egress). */
   hostPorts: Record<string, number>;
   createdAt: string;
   updatedAt: string;
@@ -41,6 +57,7 @@ export interface MicroVmRecord {
   terminatedAt?: string;
   resumeCount: number;
   runningSeconds: number;
+  usage: MicroVmUsage;
 }
 
 /** Set at insert (or by the store), never by a patch: `state` moves only through `transition`. */

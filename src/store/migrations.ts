@@ -66,4 +66,14 @@ export const migrations: readonly string[] = [
   CREATE INDEX microvms_image ON microvms(account_id, image_arn, state);
   CREATE INDEX microvms_state ON microvms(state);
   `,
+  // 2: usage counters on every MicroVM (records before sizes and sampling start from zero).
+  `
+  UPDATE microvms
+  SET data = json_set(data, '$.usage', json('{"baselineSeconds":0,"burstCpuSeconds":0,"suspendedSeconds":0,"snapshotBytes":0}'))
+  WHERE json_type(data, '$.usage') IS NULL;
+  `,
+  // 3: an egress policy on every MicroVM; the ones before it had none (restricted user-mode networking).
+  `
+  UPDATE microvms SET data = json_set(data, '$.egress', json('{"mode":"none"}')) WHERE json_type(data, '$.egress') IS NULL;
+  `,
 ];

@@ -1,6 +1,6 @@
 /** Sample records for the store tests and their child process (no node:test here: the child is not a test). */
 import type { NewImageFields } from './images.ts';
-import type { MicroVmRecord } from './microvms.ts';
+import { ZERO_USAGE, type MicroVmRecord } from './microvms.ts';
 
 export function imageFields(name: string): NewImageFields {
   return { name, codeArtifact: { uri: './app.zip', sha256: 'ab'.repeat(32) }, appPort: 8080, hooksPort: 9000, readinessTimeoutSeconds: 60, memoryMiB: 128 };
@@ -23,5 +23,7 @@ export function microvmRecord(accountId: string, image: { arn: string; name: str
     updatedAt: now,
     resumeCount: 0,
     runningSeconds: 0,
+    usage: { ...ZERO_USAGE },
+    egress: { mode: 'none' },
   };
 }
