@@ -3,11 +3,13 @@
  * another account does not exist (404 `vm.not_found`). These routes do not count as activity:
  * only traffic through the endpoint proxy keeps a MicroVM from going idle.
  */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { FINAL_STATES } from '../store/index.ts';
 import type { MicroVmManager } from '../vms/manager.ts';
-import { ErrorBody, ListMicroVmsQuery, MicroVmList, MicroVmParams, MicroVmView, RunMicroVmBody, toMicroVmView } from './schemas.ts';
+import { followLog, linesAsText, wantsFollow } from './log-stream.ts';
+import { ErrorBody, ListMicroVmsQuery, MicroVmList, MicroVmLogsQuery, MicroVmParams, MicroVmView, RunMicroVmBody, toMicroVmView } from './schemas.ts';
 
 const JSON_BODY_LIMIT = 64 * 1024;
 const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody };
@@ -37,6 +39,43 @@ export async function microvmRoutes(app: FastifyInstance, options: { microvms: M
   api.get('/v1/microvms/:microvmId', {
     schema: { summary: 'One MicroVM', tags: ['microvms'], params: MicroVmParams, response: { 200: MicroVmView, ...errors } },
   }, async (request) => toMicroVmView(await microvms.get(request.accountId, request.params.microvmId)));
+
+  api.get('/v1/microvms/:microvmId/logs', {
+    schema: {
+      summary: "The app's runtime log (text/plain), one line per output line: `<time> <stdout|stderr|cocoon> <text>`; ?follow=true or Accept: text/event-stream follows it live as Server-Sent Events until the MicroVM is TERMINATED or FAILED",
+      tags: ['microvms'],
+      params: MicroVmParams,
+      querystring: MicroVmLogsQuery,
+      produces: ['text/plain', 'text/event-stream'],
+      response: {
+        200: { description: 'the log', content: { 'text/plain': { schema: z.string() }, 'text/event-stream': { schema: z.string() } } },
+        ...errors,
+      },
+    },
+  }, async (request, reply) => {
+    const { microvmId } = request.params;
+    const { tail } = request.query;
+    const current = async () => (await microvms.get(request.accountId, microvmId)).record;
+    await current(); // another account's MicroVM does not exist
+    if (wantsFollow(request)) {
+      followLog(reply, {
+        subscribe: (follower) => {
+          const subscription = microvms.appLogs.subscribe(microvmId, follower, { tail });
+          // A MicroVM that ended before this subscription sends no end of its own.
+          void current().then((record) => FINAL_STATES.includes(record.state) && follower.end(), () => follower.end());
+          return subscription;
+        },
+        endData: async () => {
+          const record = await current();
+          return { state: record.state, ...(record.stateReason !== undefined && { stateReason: record.stateReason }) };
+        },
+      });
+      return reply;
+    }
+    // A stream is sent as is: the response schema documents the text, it does not serialize it.
+    const text: FastifyReply = reply;
+    return text.type('text/plain; charset=utf-8').send(linesAsText(microvms.appLogs.lines(microvmId, { tail })));
+  });
 
   const actions = [
     ['suspend', 'Suspend a RUNNING MicroVM (suspend hook, then its full state is saved and QEMU stops)'],

@@ -6,7 +6,9 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { IMAGE_NAME } from '../images/records.ts';
+import { findSize, SIZE_MEMORY_MIB } from '../images/sizes.ts';
 import type { StoredImage } from '../store/index.ts';
+import { MAX_EXPIRES_IN_MINUTES, MAX_PORT_ENTRIES } from '../tokens/index.ts';
 import type { MicroVm } from '../vms/manager.ts';
 
 /** As the store parses versions: `major.minor`, no leading zeros, at most 9 digits each. */
@@ -19,7 +21,8 @@ export const ImageName = z.string().regex(IMAGE_NAME).describe('1–63 lowercase
 export const ImageVersion = z.string().regex(VERSION).describe('`major.minor`, e.g. `1.0`');
 const Port = z.int().min(1).max(65535);
 const ReadinessTimeoutSeconds = z.int().min(1).max(3600);
-const MemoryMiB = z.int().min(128).max(8192).describe('guest RAM of the image (default 512)');
+const MemoryMiB = z.literal(SIZE_MEMORY_MIB)
+  .describe('the size, named by its baseline memory in MiB: 512, 1024, 2048 (default), 4096 or 8192 (2 GiB = 1 vCPU, bursting to 4×); 128 and 256 are test sizes with the CPU of the smallest');
 const DockerfilePath = z.string().min(1).max(1024).regex(NO_CONTROL_CHARS).describe('path of the Dockerfile inside the zip (default `Dockerfile`)');
 const BuildArgs = z
   .record(z.string().regex(ARG_NAME), z.string().max(4096))
@@ -40,7 +43,7 @@ export const CreateImageBody = z.strictObject({
 export type CreateImageBody = z.infer<typeof CreateImageBody>;
 
 /** Query numbers arrive as strings: digits only, then the same bounds as in the JSON body. */
-const queryInt = (schema: z.ZodInt) => z.string().regex(/^\d{1,10}$/).transform(Number).pipe(schema);
+const queryInt = (schema: z.ZodType<number, number>) => z.string().regex(/^\d{1,10}$/).transform(Number).pipe(schema);
 
 export const UploadQuery = z.strictObject({
   dockerfilePath: DockerfilePath.optional(),
@@ -74,6 +77,16 @@ export const DeleteImageQuery = z.strictObject({ version: ImageVersion });
 export const LogsQuery = z.strictObject({
   follow: z.enum(['true', 'false']).optional().describe('`true`: Server-Sent Events (also with `Accept: text/event-stream`)'),
 });
+export const MicroVmLogsQuery = LogsQuery.extend({
+  tail: queryInt(z.int().min(0).max(1_000_000)).optional().describe('only the newest N lines of the log so far (a follow then goes on live)'),
+});
+
+const SizeView = z.object({
+  memoryMiB: z.number().describe('guest RAM'),
+  baselineVcpus: z.number(),
+  burstVcpus: z.number().describe('the CPU quota of its QEMU; the guest has this many vCPUs, at most the host\'s cores'),
+  diskGiB: z.number().describe('virtual size of the root disk'),
+});
 
 export const ImageView = z.object({
   name: z.string(),
@@ -90,6 +103,7 @@ export const ImageView = z.object({
   hooksPort: z.number(),
   readinessTimeoutSeconds: z.number(),
   memoryMiB: z.number(),
+  size: SizeView.optional().describe('what `memoryMiB` names; absent for images built before sizes existed'),
   runtime: z
     .object({
       argv: z.array(z.string()),
@@ -123,6 +137,7 @@ export const ErrorBody = z.object({
 export function toImageView(record: StoredImage, uploadDir: string): ImageView {
   const uri = record.codeArtifact.uri;
   const uploaded = path.isAbsolute(uri) && path.resolve(uri).startsWith(path.resolve(uploadDir) + path.sep);
+  const size = findSize(record.memoryMiB);
   return {
     name: record.name,
     version: record.version,
@@ -141,6 +156,7 @@ export function toImageView(record: StoredImage, uploadDir: string): ImageView {
     hooksPort: record.hooksPort,
     readinessTimeoutSeconds: record.readinessTimeoutSeconds,
     memoryMiB: record.memoryMiB,
+    ...(size && { size }),
     ...(record.runtime !== undefined && { runtime: record.runtime }),
     ...(record.builtWith !== undefined && { builtWith: record.builtWith }),
     ...(record.warnings !== undefined && { warnings: record.warnings }),
@@ -169,6 +185,16 @@ export const RunMicroVmBody = z.strictObject({
     .optional(),
   maximumDurationInSeconds: z.int().min(0).max(28_800).optional().describe('running time after which the MicroVM is terminated, ≥ 60, ≤ 28800 (default)'),
   runHookPayload: z.string().max(MAX_RUN_HOOK_PAYLOAD_CHARS).optional().describe('the body of the app\'s `run` hook after launch (secrets, per-VM config); never stored'),
+  egress: z
+    .strictObject({
+      mode: z.enum(['none', 'internet']).describe('`none`: nothing leaves the guest; `internet`: public IPv4 destinations (needs a root host, else 409 `vm.egress_unavailable`)'),
+      allow: z.array(z.strictObject({
+        cidr: z.string().max(18).describe('IPv4 address or CIDR'),
+        ports: z.array(Port).min(1).max(64).optional().describe('TCP/UDP ports; default every port'),
+      })).min(1).max(64).optional().describe('`internet` only: reach only these destinations (never private, loopback or link-local ones)'),
+    })
+    .optional()
+    .describe('what the guest may reach; default `{"mode":"none"}` (docs/microvms.md, "Networking and egress")'),
 });
 export type RunMicroVmBody = z.infer<typeof RunMicroVmBody>;
 
@@ -183,8 +209,13 @@ export const MicroVmView = z.object({
   imageVersion: z.string(),
   idlePolicy: z.object({ maxIdleDurationSeconds: z.number(), suspendedDurationSeconds: z.number(), autoResumeEnabled: z.boolean() }),
   maximumDurationInSeconds: z.number(),
-  endpoint: z.string().optional().describe('placeholder (`https://<microvmId>.cocoon.localhost:8443`) until the endpoint proxy exists'),
-  localPort: z.number().optional().describe('the app\'s loopback port on the Cocoon host while RUNNING (a stopgap until the endpoint proxy exists)'),
+  endpoint: z.string().optional().describe('the MicroVM\'s HTTPS endpoint, `https://<microvmId>.<domain>[:port]` (docs/endpoints.md)'),
+  localPort: z.number().optional().describe('the app\'s port on the Cocoon host while RUNNING, on `localAddress` (for the host itself; clients use the endpoint)'),
+  localAddress: z.string().optional().describe('where `localPort` listens: 127.0.0.1, or the address of the MicroVM\'s network namespace (`internet` egress)'),
+  egress: z.object({
+    mode: z.enum(['none', 'internet']),
+    allow: z.array(z.object({ cidr: z.string(), ports: z.array(z.number()).optional() })).optional(),
+  }).describe('what the guest may reach, as given at run'),
   createdAt: z.string(),
   updatedAt: z.string(),
   startedAt: z.string().optional(),
@@ -193,6 +224,15 @@ export const MicroVmView = z.object({
   lastActivityAt: z.string().optional(),
   resumeCount: z.number(),
   runningSeconds: z.number(),
+  size: SizeView.optional().describe('its image\'s size; absent once the image is deleted'),
+  usage: z.object({
+    baselineSeconds: z.number().describe('seconds RUNNING, billed at the baseline size'),
+    burstCpuSeconds: z.number().describe('CPU-seconds used above the baseline vCPUs while RUNNING'),
+    suspendedSeconds: z.number(),
+    snapshotBytes: z.number().describe('size of its last suspend snapshot (saved state + disk overlay)'),
+  }).describe('sampled each second, the basis of cost reports'),
+  limitsEnforcedBy: z.enum(['cgroup-v1', 'cgroup-v2', 'none']).optional()
+    .describe('while RUNNING: what holds its QEMU to the CPU quota and memory limit of its size (`none`: nothing, because cgroups are unavailable on this host or the image predates sizes)'),
 });
 export type MicroVmView = z.infer<typeof MicroVmView>;
 export const MicroVmList = z.object({ microvms: z.array(MicroVmView) });
@@ -213,6 +253,8 @@ export function toMicroVmView(microvm: MicroVm): MicroVmView {
     maximumDurationInSeconds: record.maximumDurationInSeconds,
     ...optional('endpoint'),
     ...(microvm.localPort !== undefined && { localPort: microvm.localPort }),
+    ...(microvm.localAddress !== undefined && { localAddress: microvm.localAddress }),
+    egress: { mode: record.egress.mode, ...(record.egress.allow && { allow: record.egress.allow.map((rule) => ({ ...rule })) }) },
     createdAt: record.createdAt,
     updatedAt: record.updatedAt,
     ...optional('startedAt'),
@@ -221,5 +263,32 @@ export function toMicroVmView(microvm: MicroVm): MicroVmView {
     ...optional('lastActivityAt'),
     resumeCount: record.resumeCount,
     runningSeconds: microvm.runningSeconds,
+    ...(microvm.size && { size: { ...microvm.size } }),
+    usage: { ...microvm.usage },
+    ...(microvm.limitsEnforcedBy && { limitsEnforcedBy: microvm.limitsEnforcedBy }),
   };
 }
+
+// --- Auth tokens ---
+
+export const AllowedPort = z.union([
+  z.strictObject({ port: Port }),
+  z.strictObject({ fromPort: Port, toPort: Port }).describe('inclusive; fromPort ≤ toPort'),
+  z.strictObject({ all: z.literal(true) }).describe('every port; stands alone'),
+], { error: 'expected {"port": N}, {"fromPort": N, "toPort": M} or {"all": true}' });
+
+export const CreateAuthTokenBody = z.strictObject({
+  expirationInMinutes: z.int().min(1).max(MAX_EXPIRES_IN_MINUTES).optional().describe(`1–${MAX_EXPIRES_IN_MINUTES}, default ${MAX_EXPIRES_IN_MINUTES}`),
+  allowedPorts: z.array(AllowedPort).min(1).max(MAX_PORT_ENTRIES).optional().describe('guest ports the token opens; default: the image\'s app port only'),
+});
+export type CreateAuthTokenBody = z.infer<typeof CreateAuthTokenBody>;
+
+export const AuthTokenView = z.object({
+  authToken: z.object({ 'X-Cocoon-Auth': z.string().describe('send it as this header (or as the WebSocket subprotocol `cocoon.auth.<token>`)') }),
+  expiresAt: z.string(),
+  allowedPorts: z.array(AllowedPort).describe('sorted, overlapping ranges merged'),
+});
+export type AuthTokenView = z.infer<typeof AuthTokenView>;
+
+export const AuthTokenKeyRotationView = z.object({ kid: z.string().describe('the id of the new minting key') });
+export type AuthTokenKeyRotationView = z.infer<typeof AuthTokenKeyRotationView>;

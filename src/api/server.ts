@@ -14,14 +14,20 @@ import { authHook } from './auth.ts';
 import { errorResponse, handleError, notFound } from './errors.ts';
 import type { ImagesDeps } from './image-actions.ts';
 import { imageRoutes } from './images.ts';
+import { endFollowsOnClose } from './log-stream.ts';
 import { microvmRoutes } from './microvms.ts';
+import { authTokenRoutes } from './auth-tokens.ts';
+import type { AccountRepository } from '../store/index.ts';
+import type { TokenService } from '../tokens/index.ts';
 import type { MicroVmManager } from '../vms/manager.ts';
 
 export interface ApiDeps {
   /** From startImageService: the builder and the store. */
-  images: ImagesDeps & { store: ImagesDeps['store'] & { accounts: Parameters<typeof authHook>[0] } };
+  images: ImagesDeps & { store: ImagesDeps['store'] & { accounts: Pick<AccountRepository, 'authenticate' | 'getAccount'> } };
   /** The MicroVM lifecycle; without it the /v1/microvms routes are not served. */
   microvms?: MicroVmManager;
+  /** Auth tokens for MicroVM endpoints; without it neither minting nor key rotation is served. */
+  tokens?: TokenService;
   /** Request logging (pino, with the Authorization header redacted). Default false. */
   logger?: boolean;
   /** Where uploaded zips wait for their build. Default: `<tmp>/cocoon-uploads`. */
@@ -38,7 +44,7 @@ export const API_VERSION = '0.1.0';
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const app = Fastify({
     logger: deps.logger
-      ? { level: 'info', redact: { paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization'], censor: '[redacted]' } }
+      ? { level: 'info', redact: { paths: ['req.headers.authorization', 'req.headers.cookie', 'req.headers["x-cocoon-auth"]', 'headers.authorization'], censor: '[redacted]' } }
       : false,
     bodyLimit: 64 * 1024,
     // No implicit HEAD twins of GET routes: the contract is exactly the routes below.
@@ -78,6 +84,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       allowLocalArtifacts: deps.allowLocalArtifacts ?? false,
     });
     if (deps.microvms) await microvmRoutes(scope, { microvms: deps.microvms });
+    if (deps.tokens) await authTokenRoutes(scope, { tokens: deps.tokens, ...(deps.microvms && { microvms: deps.microvms }), store: deps.images.store });
   });
+  endFollowsOnClose(app);
   return app;
 }

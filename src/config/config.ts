@@ -16,8 +16,8 @@ const schema = z.strictObject({
   accelerator: z.enum(['kvm', 'tcg']).optional(),
   /** MicroVM endpoints are https://<microvmId>.<domain>:<proxyPort>; names under .localhost resolve to loopback. */
   domain: z.string().regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/, 'a lower-case DNS name such as cocoon.localhost'),
-  /** The endpoint proxy's TLS port (HTTP/2 and HTTP/1.1 by ALPN). */
-  proxyPort: z.number().int().min(1).max(65535),
+  /** The endpoint proxy's TLS port (HTTP/2 and HTTP/1.1 by ALPN); 0 picks a free one (tests). */
+  proxyPort: z.number().int().min(0).max(65535),
   /** Plain-text HTTP/1.1 + h2c port of the proxy; off unless set. */
   proxyH2cPort: z.number().int().min(1).max(65535).optional(),
   /** A user-supplied certificate (PEM, wildcard for the domain) and key replace the local CA's. */

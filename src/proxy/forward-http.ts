@@ -1,0 +1,100 @@
+/**
+ * HTTP requests, from HTTP/1.1 and HTTP/2 clients alike, to the guest's HTTP/1.1 server over
+ * kept-alive loopback connections (QEMU's forwarded ports). Bodies stream both ways with
+ * backpressure (`pipe`; `pipeline` would cost an AbortController per request) and nothing is
+ * buffered: when the response's length is unknown (SSE, long polls, chunked streams) its headers
+ * go out at once. Either side going away destroys the other (the close handlers below).
+ */
+import http, { type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import http2, { type ServerHttp2Stream } from 'node:http2';
+import type { Readable } from 'node:stream';
+import { responseHeadersH1, responseHeadersH2 } from './headers.ts';
+
+/** Free connections close before the 5 s keep-alive of most servers does, so a reused one is rarely found closed. */
+export function upstreamAgent(): http.Agent {
+  return new http.Agent({ keepAlive: true, timeout: 4000, scheduling: 'lifo' });
+}
+
+/** Where a guest port is reached on the host (a lease's `hostAddress` and `hostPort`). */
+export interface Upstream {
+  host: string;
+  port: number;
+}
+
+interface UpstreamRequest {
+  upstream: Upstream;
+  method: string;
+  path: string;
+  headers: OutgoingHttpHeaders;
+  /** None: the request may be sent once more when its kept-alive connection turns out closed. */
+  body?: Readable;
+}
+
+export function forwardFromHttp1(agent: http.Agent, upstream: Upstream, req: IncomingMessage, res: ServerResponse, headers: OutgoingHttpHeaders, fail: (error: Error) => void): void {
+  const call = callUpstream(agent, { upstream, method: req.method!, path: req.url!, headers, ...(hasBody(req.headers) && { body: req }) }, (upstream) => {
+    res.writeHead(upstream.statusCode!, upstream.statusMessage, responseHeadersH1(upstream.rawHeaders));
+    if (upstream.headers['content-length'] === undefined) res.flushHeaders();
+    // A guest that fails mid-response cuts the client's response short: nothing else can tell it.
+    upstream.on('error', () => res.destroy());
+    upstream.pipe(res);
+  }, fail);
+  res.once('close', () => {
+    if (!res.writableFinished) call.cancel();
+  });
+}
+
+export function forwardFromHttp2(
+  agent: http.Agent, upstream: Upstream, stream: ServerHttp2Stream, requestHeaders: IncomingHttpHeaders, withBody: boolean,
+  headers: OutgoingHttpHeaders, fail: (error: Error) => void,
+): void {
+  const request = { upstream, method: String(requestHeaders[':method']), path: String(requestHeaders[':path']), headers, ...(withBody && { body: stream }) };
+  const call = callUpstream(agent, request, (upstream) => {
+    if (stream.destroyed) {
+      upstream.destroy();
+      return;
+    }
+    stream.respond(responseHeadersH2(upstream.statusCode!, upstream.headers));
+    // HEAD, 204 and 304 end the stream with the headers.
+    if (stream.writableEnded) {
+      upstream.resume();
+      return;
+    }
+    upstream.on('error', () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+    upstream.pipe(stream);
+  }, fail);
+  stream.once('close', () => {
+    if (!stream.writableFinished) call.cancel();
+  });
+}
+
+function hasBody(headers: IncomingHttpHeaders): boolean {
+  return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
+}
+
+/** One request to the guest; `fail` hears of a failure before or during the response. */
+function callUpstream(agent: http.Agent, request: UpstreamRequest, respond: (upstream: IncomingMessage) => void, fail: (error: Error) => void): { cancel(): void } {
+  let current: http.ClientRequest;
+  let cancelled = false;
+  const send = (again: boolean): void => {
+    const req = http.request({
+      agent, host: request.upstream.host, port: request.upstream.port, method: request.method, path: request.path, headers: request.headers, setHost: false,
+    });
+    current = req;
+    req.once('response', respond);
+    req.on('error', (error: NodeJS.ErrnoException) => {
+      if (cancelled) return;
+      // The guest closed an idle kept-alive connection just as it was reused: nothing was processed.
+      if (!again && request.body === undefined && req.reusedSocket && error.code === 'ECONNRESET') send(true);
+      else fail(error);
+    });
+    if (request.body) request.body.pipe(req);
+    else req.end();
+  };
+  send(false);
+  return {
+    cancel: () => {
+      cancelled = true;
+      current.destroy();
+    },
+  };
+}

@@ -1,0 +1,123 @@
+/**
+ * What crosses the proxy in headers. Pure. Requests lose hop-by-hop headers (and those named in
+ * Connection), every `x-cocoon-*` header (the token never reaches the guest) and the client's own
+ * X-Forwarded-Proto/Host; they gain X-Forwarded-For (appended), -Proto and -Host. Responses lose
+ * hop-by-hop headers: each side of the proxy frames its own connection.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+
+export interface ForwardedFor {
+  clientAddress: string;
+  proto: 'https' | 'http';
+  /** The host the client asked for (Host or :authority). */
+  host: string;
+}
+
+/** HTTP/1.1's hop-by-hop headers plus those HTTP/2 forbids; `expect` is answered by the proxy itself. */
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
+  'proxy-authenticate', 'proxy-authorization', 'http2-settings', 'expect',
+]);
+
+export const AUTH_HEADER = 'x-cocoon-auth';
+export const PORT_HEADER = 'x-cocoon-port';
+const AUTH_PROTOCOL = 'cocoon.auth.';
+const PORT_PROTOCOL = 'cocoon.port.';
+
+/**
+ * Headers for the guest. `http1`: an HTTP/1.1 request (pseudo-headers dropped, Host kept or taken
+ * from :authority). `h2c`: an HTTP/2 request to a gRPC server (pseudo-headers kept with
+ * `:scheme: http`, and `te: trailers`, which gRPC requires).
+ */
+export function requestHeaders(headers: IncomingHttpHeaders, forwarded: ForwardedFor, target: 'http1' | 'h2c'): OutgoingHttpHeaders {
+  const listed = connectionTokens(headers.connection);
+  const out: OutgoingHttpHeaders = {};
+  for (const name in headers) {
+    if (name.charCodeAt(0) === 58 /* ':' */) {
+      if (target === 'h2c') out[name] = headers[name];
+      continue;
+    }
+    if ((HOP_BY_HOP.has(name) && !(target === 'h2c' && name === 'te')) || name.startsWith('x-cocoon-') || name.startsWith('x-forwarded-') || listed?.has(name)) continue;
+    out[name] = headers[name];
+  }
+  if (target === 'h2c') out[':scheme'] = 'http';
+  else if (out.host === undefined) out.host = forwarded.host;
+  const prior = headers['x-forwarded-for'];
+  out['x-forwarded-for'] = prior ? `${String(prior)}, ${forwarded.clientAddress}` : forwarded.clientAddress;
+  out['x-forwarded-proto'] = forwarded.proto;
+  out['x-forwarded-host'] = forwarded.host;
+  return out;
+}
+
+/** An HTTP/1.1 response's raw headers (name, value, name, value…) for an HTTP/1.1 client. */
+export function responseHeadersH1(raw: readonly string[]): string[] {
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === 'connection') listed = connectionTokens(raw[i + 1], listed);
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (!HOP_BY_HOP.has(name) && !listed?.has(name)) out.push(raw[i]!, raw[i + 1]!);
+  }
+  return out;
+}
+
+/** An HTTP/1.1 response's headers for an HTTP/2 client. */
+export function responseHeadersH2(status: number, headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const listed = connectionTokens(headers.connection);
+  const out: OutgoingHttpHeaders = { ':status': status };
+  for (const name in headers) if (!HOP_BY_HOP.has(name) && !listed?.has(name)) out[name] = headers[name];
+  return out;
+}
+
+/**
+ * The WebSocket subprotocols a client offered: browsers cannot set headers on a WebSocket, so they
+ * pass the token and port as `cocoon.auth.<token>` and `cocoon.port.<n>`. `others` go to the guest.
+ */
+export interface OfferedProtocols {
+  token?: string;
+  port?: string;
+  others: string[];
+  /** What the proxy answers when the guest picks none of `others` and the client offered only cocoon.* (browsers insist on an answer). */
+  fallback?: string;
+}
+
+export function offeredProtocols(header: string | string[] | undefined): OfferedProtocols {
+  const offered: OfferedProtocols = { others: [] };
+  if (header === undefined) return offered;
+  let portProtocol: string | undefined;
+  let authProtocol: string | undefined;
+  for (const entry of (Array.isArray(header) ? header.join(',') : header).split(',')) {
+    const protocol = entry.trim();
+    if (protocol === '') continue;
+    if (protocol.startsWith(AUTH_PROTOCOL)) {
+      offered.token = protocol.slice(AUTH_PROTOCOL.length);
+      authProtocol = protocol;
+    } else if (protocol.startsWith(PORT_PROTOCOL)) {
+      offered.port = protocol.slice(PORT_PROTOCOL.length);
+      portProtocol = protocol;
+    } else {
+      offered.others.push(protocol);
+    }
+  }
+  // The port's protocol when offered: the token then never travels back.
+  const fallback = portProtocol ?? authProtocol;
+  if (offered.others.length === 0 && fallback !== undefined) offered.fallback = fallback;
+  return offered;
+}
+
+/** Headers for a WebSocket upgrade request to the guest: the cocoon.* subprotocols stay behind. */
+export function upgradeRequestHeaders(headers: IncomingHttpHeaders, forwarded: ForwardedFor, offered: OfferedProtocols): OutgoingHttpHeaders {
+  const out = requestHeaders(headers, forwarded, 'http1');
+  delete out['sec-websocket-protocol'];
+  if (offered.others.length > 0) out['sec-websocket-protocol'] = offered.others.join(', ');
+  out.connection = 'Upgrade';
+  out.upgrade = headers.upgrade;
+  return out;
+}
+
+function connectionTokens(value: string | string[] | undefined, into?: Set<string>): Set<string> | undefined {
+  if (value === undefined) return into;
+  const tokens = into ?? new Set<string>();
+  for (const token of String(value).split(',')) tokens.add(token.trim().toLowerCase());
+  return tokens;
+}

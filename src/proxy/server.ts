@@ -1,0 +1,251 @@
+/**
+ * The endpoint proxy: `https://<microvmId>.<domain>` to the MicroVM's app. One TLS port offers h2
+ * and http/1.1 by ALPN; an optional plain-text port takes HTTP/1.1 and prior-knowledge h2c,
+ * told apart by the first bytes (the HTTP/2 preface). Both hand each connection to one HTTP/1.1
+ * server (requests, WebSocket upgrades) or one HTTP/2 server (streams, gRPC), so every request
+ * meets the same admission: route by host, token check (`X-Cocoon-Auth`, or the WebSocket
+ * subprotocol), then the manager's `openForTraffic` (auto-resume, activity). Nothing reaches a
+ * guest before all of that passed. The hot path does no I/O besides the forwarding itself.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import net, { type AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { AppError } from '../errors/errors.ts';
+import type { TokenService } from '../tokens/index.ts';
+import type { MicroVmManager, TrafficLease } from '../vms/manager.ts';
+import { forwardFromHttp1, forwardFromHttp2, upstreamAgent, type Upstream } from './forward-http.ts';
+import { forwardGrpc, GrpcSessions, isGrpc } from './forward-grpc.ts';
+import { AUTH_HEADER, offeredProtocols, PORT_HEADER, requestHeaders, upgradeRequestHeaders, type ForwardedFor } from './headers.ts';
+import { problemOf, sendProblemH1, sendProblemH2, upstreamFailed, writeProblemRaw, type Problem } from './problems.ts';
+import { destinationOf, requestedPort, type Destination } from './routing.ts';
+import { forwardUpgrade } from './websocket.ts';
+
+export interface EndpointProxyOptions {
+  domain: string;
+  microvms: Pick<MicroVmManager, 'openForTraffic'>;
+  tokens: Pick<TokenService, 'authorize'>;
+  tls: { cert: string; key: string };
+  /** How long a request waits for an auto-resume. Default: the manager's. */
+  resumeTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+/** A plain-text client must say something within this time. */
+const FIRST_BYTES_TIMEOUT_MS = 30_000;
+const { NGHTTP2_FLAG_END_STREAM } = http2.constants;
+const ignore = (): void => {};
+
+export class EndpointProxy {
+  private readonly http1: http.Server;
+  private readonly http2: http2.Http2Server;
+  private readonly tlsServer: tls.Server;
+  private plainServer: net.Server | undefined;
+  private readonly agent = upstreamAgent();
+  private readonly grpc = new GrpcSessions();
+  private readonly sockets = new Set<Duplex>();
+
+  constructor(private readonly options: EndpointProxyOptions) {
+    // Long uploads and streams must not be cut: no whole-request deadline. Kept-alive client
+    // connections stay a minute, like most load balancers expect.
+    this.http1 = http.createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 });
+    this.http1.on('request', (req, res) => void this.onRequest(req, res));
+    this.http1.on('upgrade', (req, socket, head) => void this.onUpgrade(req, socket, head));
+    // nghttp2's default 10 MB per session is too little for many concurrent streams.
+    this.http2 = http2.createServer({ maxSessionMemory: 64 });
+    this.http2.on('stream', (stream, headers, flags) => void this.onStream(stream, headers, flags));
+    this.http2.on('sessionError', ignore);
+    this.tlsServer = tls.createServer({
+      cert: options.tls.cert, key: options.tls.key, ALPNProtocols: ['h2', 'http/1.1'],
+      noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000,
+    }, (socket) => {
+      this.track(socket);
+      (socket.alpnProtocol === 'h2' ? this.http2 : this.http1).emit('connection', socket);
+    });
+    this.tlsServer.on('tlsClientError', ignore);
+  }
+
+  /** Listens on `host` (default loopback); port 0 picks a free one. Returns the ports in use. */
+  async listen(ports: { port: number; h2cPort?: number; host?: string }): Promise<{ port: number; h2cPort?: number }> {
+    const host = ports.host ?? '127.0.0.1';
+    const port = await listenOn(this.tlsServer, ports.port, host);
+    if (ports.h2cPort === undefined) return { port };
+    this.plainServer = net.createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 }, (socket) => this.onPlainConnection(socket));
+    return { port, h2cPort: await listenOn(this.plainServer, ports.h2cPort, host) };
+  }
+
+  /** Stops listening and cuts every open connection (WebSockets and streams included). */
+  async close(): Promise<void> {
+    const closed = [this.tlsServer, this.plainServer].filter((server) => server?.listening)
+      .map((server) => new Promise<void>((resolve) => server!.close(() => resolve())));
+    for (const socket of this.sockets) socket.destroy();
+    this.grpc.closeAll();
+    this.agent.destroy();
+    await Promise.all(closed);
+  }
+
+  // --- the three kinds of traffic ---
+
+  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    req.on('error', ignore);
+    let destination: Destination | undefined;
+    let lease: TrafficLease;
+    try {
+      destination = this.destinationOf(req.headers.host);
+      lease = await this.open(destination, single(req.headers[PORT_HEADER]), single(req.headers[AUTH_HEADER]));
+    } catch (error) {
+      sendProblemH1(res, this.refusal(error, destination));
+      return;
+    }
+    if (res.closed) return lease.release();
+    res.once('close', lease.release);
+    const forwarded = this.forwardedFor(req.socket, req.headers.host);
+    forwardFromHttp1(this.agent, upstreamOf(lease), req, res, requestHeaders(req.headers, forwarded, 'http1'), (error) => {
+      this.upstreamFailed(destination!, lease, error);
+      sendProblemH1(res, upstreamFailed());
+    });
+  }
+
+  private async onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): Promise<void> {
+    stream.on('error', ignore);
+    const grpc = isGrpc(headers);
+    const authority = headers[':authority'] ?? headers.host;
+    let destination: Destination | undefined;
+    let lease: TrafficLease;
+    try {
+      destination = this.destinationOf(authority);
+      lease = await this.open(destination, single(headers[PORT_HEADER]), single(headers[AUTH_HEADER]));
+    } catch (error) {
+      sendProblemH2(stream, this.refusal(error, destination), grpc);
+      return;
+    }
+    if (stream.destroyed) return lease.release();
+    stream.once('close', lease.release);
+    const forwarded = this.forwardedFor(stream.session?.socket, authority);
+    const withBody = (flags & NGHTTP2_FLAG_END_STREAM) === 0;
+    const fail = (error: Error): void => {
+      this.upstreamFailed(destination!, lease, error);
+      sendProblemH2(stream, upstreamFailed(), grpc);
+    };
+    if (grpc) forwardGrpc(this.grpc.sessionFor(upstreamOf(lease), lease.closed), stream, requestHeaders(headers, forwarded, 'h2c'), withBody, fail);
+    else forwardFromHttp2(this.agent, upstreamOf(lease), stream, headers, withBody, requestHeaders(headers, forwarded, 'http1'), fail);
+  }
+
+  private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', ignore);
+    const offered = offeredProtocols(req.headers['sec-websocket-protocol']);
+    let destination: Destination | undefined;
+    let lease: TrafficLease;
+    try {
+      destination = this.destinationOf(req.headers.host);
+      lease = await this.open(destination, single(req.headers[PORT_HEADER]) ?? offered.port, single(req.headers[AUTH_HEADER]) ?? offered.token);
+    } catch (error) {
+      writeProblemRaw(socket, this.refusal(error, destination));
+      return;
+    }
+    if (socket.destroyed) return lease.release();
+    socket.once('close', lease.release);
+    const forwarded = this.forwardedFor(socket, req.headers.host);
+    // Only WebSocket upgrades are tunnelled; another (an h2c upgrade on the plain port) is served as a plain request.
+    const headers = /^websocket$/i.test(req.headers.upgrade ?? '') ? upgradeRequestHeaders(req.headers, forwarded, offered) : requestHeaders(req.headers, forwarded, 'http1');
+    forwardUpgrade(upstreamOf(lease), req, socket, head, headers, offered, (error) => {
+      this.upstreamFailed(destination!, lease, error);
+      writeProblemRaw(socket, upstreamFailed());
+    });
+  }
+
+  // --- admission ---
+
+  private destinationOf(host: string | undefined): Destination {
+    const destination = destinationOf(host, this.options.domain);
+    if (!destination) {
+      const shown = host === undefined ? 'a request without a host' : JSON.stringify(host.slice(0, 200));
+      throw new AppError('proxy.unknown_host', `${shown} is not a MicroVM endpoint (https://<microvmId>.${this.options.domain})`);
+    }
+    return destination;
+  }
+
+  /** The port from the host name wins over the header (or subprotocol); the token is checked with the port finally chosen. */
+  private open(destination: Destination, portRequested: string | undefined, token: string | undefined): Promise<TrafficLease> {
+    const { microvmId } = destination;
+    const guestPort = destination.guestPort ?? requestedPort(portRequested, 'X-Cocoon-Port (or the subprotocol cocoon.port.<n>)');
+    return this.options.microvms.openForTraffic(microvmId, guestPort, {
+      authorize: async (port) => {
+        await this.options.tokens.authorize(token, microvmId, port);
+      },
+      ...(this.options.resumeTimeoutMs !== undefined && { resumeTimeoutMs: this.options.resumeTimeoutMs }),
+    });
+  }
+
+  private refusal(error: unknown, destination: Destination | undefined): Problem {
+    const problem = problemOf(error);
+    if (problem.logged) this.log(`${destination?.microvmId ?? 'proxy'}: answered ${problem.code}: ${error instanceof Error ? error.message : String(error)}`);
+    return problem;
+  }
+
+  private upstreamFailed(destination: Destination, lease: TrafficLease, error: Error): void {
+    this.log(`${destination.microvmId}: guest port ${lease.guestPort} failed: ${error.message}`);
+  }
+
+  private forwardedFor(socket: Duplex | undefined, host: string | undefined): ForwardedFor {
+    return {
+      clientAddress: (socket as net.Socket | undefined)?.remoteAddress ?? '',
+      proto: socket instanceof tls.TLSSocket ? 'https' : 'http',
+      host: host ?? '',
+    };
+  }
+
+  // --- connections ---
+
+  /** Plain text: the HTTP/2 preface means h2c (prior knowledge); anything else is HTTP/1.1. */
+  private onPlainConnection(socket: net.Socket): void {
+    this.track(socket);
+    socket.on('error', ignore);
+    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
+    let seen: Buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+      const compared = Math.min(seen.length, H2_PREFACE.length);
+      const isH2 = seen.subarray(0, compared).equals(H2_PREFACE.subarray(0, compared));
+      if (isH2 && seen.length < H2_PREFACE.length) return;
+      socket.off('data', onData);
+      socket.setTimeout(0);
+      socket.pause();
+      socket.unshift(seen);
+      (isH2 ? this.http2 : this.http1).emit('connection', socket);
+      // After the server took the socket: HTTP/2 first reads what was unshifted (on the next
+      // tick), HTTP/1.1 needs the stream flowing again, and neither resumes an explicit pause.
+      process.nextTick(() => socket.resume());
+    };
+    socket.on('data', onData);
+  }
+
+  private track(socket: Duplex): void {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+  }
+
+  private log(line: string): void {
+    this.options.log?.(`proxy: ${line}`);
+  }
+}
+
+function upstreamOf(lease: TrafficLease): Upstream {
+  return { host: lease.hostAddress, port: lease.hostPort };
+}
+
+function single(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function listenOn(server: net.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
