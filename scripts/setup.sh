@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs mmdebstrap
-          musl-tools gcc make libc6-dev zstd xz-utils socat iproute2)
+          musl-tools gcc make libc6-dev zstd xz-utils socat iproute2 nftables openssl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

@@ -149,6 +149,9 @@ const forbiddenV4: ReadonlyArray<readonly [Cidr, string]> = [
   [cidr('240.0.0.0/4'), 'reserved'],
 ];
 
+/** The forbidden IPv4 ranges as CIDR text, for rules enforced outside this process (nftables). */
+export const FORBIDDEN_IPV4_CIDRS: readonly string[] = forbiddenV4.map(([range]) => `${formatIp({ version: 4, bytes: range.bytes })}/${range.prefixLength}`);
+
 const forbiddenV6: ReadonlyArray<readonly [Cidr, string]> = [
   [cidr('::/128'), 'unspecified'],
   [cidr('::1/128'), 'loopback'],

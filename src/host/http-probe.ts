@@ -7,10 +7,14 @@ export interface HttpAnswer {
   body: string;
 }
 
-/** One GET to 127.0.0.1:port on a fresh connection (no keep-alive pool hides a slow guest). */
-export function httpGet(port: number, urlPath: string, timeoutMs = 30_000): Promise<HttpAnswer> {
+/** Where a VM's forwarded port listens: a port on 127.0.0.1, or on another host address (a VM's network namespace). */
+export type HostEndpoint = number | { host: string; port: number };
+
+/** One GET to the endpoint on a fresh connection (no keep-alive pool hides a slow guest). */
+export function httpGet(endpoint: HostEndpoint, urlPath: string, timeoutMs = 30_000): Promise<HttpAnswer> {
+  const { host, port } = typeof endpoint === 'number' ? { host: '127.0.0.1', port: endpoint } : endpoint;
   return new Promise((resolve, reject) => {
-    const request = http.get({ host: '127.0.0.1', port, path: urlPath, agent: false, timeout: timeoutMs }, (response) => {
+    const request = http.get({ host, port, path: urlPath, agent: false, timeout: timeoutMs }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));

@@ -1,9 +1,10 @@
 /**
  * Calls the app's runtime hooks (`POST /cocoon/runtime/v1/<hook>` on its hooks port, reached
- * through the VM's host loopback port). Hooks are optional and never block the lifecycle: the
+ * through the VM's forwarded port on the host). Hooks are optional and never block the lifecycle: the
  * outcome is returned for the log, never thrown. Hook bodies may carry secrets: never logged.
  */
 import http from 'node:http';
+import type { HostEndpoint } from '../host/http-probe.ts';
 
 export type HookName = 'run' | 'resume' | 'suspend' | 'terminate';
 
@@ -18,14 +19,15 @@ export function clampHookTimeoutMs(timeoutMs: number): number {
   return Math.min(60_000, Math.max(1_000, timeoutMs));
 }
 
-export function callHook(hostPort: number, hook: HookName, body: unknown, timeoutMs: number): Promise<HookOutcome> {
+export function callHook(endpoint: HostEndpoint, hook: HookName, body: unknown, timeoutMs: number): Promise<HookOutcome> {
+  const { host, port } = typeof endpoint === 'number' ? { host: '127.0.0.1', port: endpoint } : endpoint;
   // A string is sent as given (the user's own format); anything else as JSON.
   const payload = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body ?? {}));
   const contentType = typeof body === 'string' && !looksLikeJson(body) ? 'text/plain; charset=utf-8' : 'application/json';
   const started = Date.now();
   return new Promise((resolve) => {
     const request = http.request({
-      host: '127.0.0.1', port: hostPort, method: 'POST', path: `/cocoon/runtime/v1/${hook}`, agent: false,
+      host, port, method: 'POST', path: `/cocoon/runtime/v1/${hook}`, agent: false,
       headers: { 'content-type': contentType, 'content-length': payload.length },
       timeout: clampHookTimeoutMs(timeoutMs),
     }, (response) => {

@@ -28,6 +28,7 @@ const STATE_TIMEOUT_MS = 60_000;
 
 type View = {
   microvmId: string; state: MicroVmState; stateReason?: string; imageArn: string; imageVersion: string; localPort?: number; endpoint?: string;
+  localAddress?: string; egress: { mode: 'none' | 'internet'; allow?: Array<{ cidr: string; ports?: number[] }> };
   resumeCount: number; runningSeconds: number; suspendedAt?: string; terminatedAt?: string; startedAt?: string; lastActivityAt?: string;
   idlePolicy: { maxIdleDurationSeconds: number; suspendedDurationSeconds: number; autoResumeEnabled: boolean };
 };
@@ -233,6 +234,43 @@ describe('the MicroVM lifecycle over the API', () => {
   });
 });
 
+describe('egress', { skip: process.getuid?.() === 0 ? false : 'internet egress needs root' }, () => {
+  let tableExisted = true;
+  let forwardingBefore = '';
+  before(async () => {
+    tableExisted = spawnSync('nft', ['list', 'table', 'inet', 'cocoon']).status === 0;
+    forwardingBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
+  });
+  // The first internet VM prepared the host: undone here, even when a test failed.
+  after(async () => {
+    await engine.networks?.sweep();
+    if (!tableExisted) spawnSync('nft', ['delete', 'table', 'inet', 'cocoon']);
+    if (forwardingBefore === '0') await writeFile('/proc/sys/net/ipv4/ip_forward', '0');
+  });
+
+  test('internet: recorded and shown; the app answers on its namespace address, also after a resume', async () => {
+    const vm = await run({ egress: { mode: 'internet', allow: [{ cidr: '203.0.113.9/24', ports: [443, 80] }] } });
+    assert.deepEqual(vm.egress, { mode: 'internet', allow: [{ cidr: '203.0.113.0/24', ports: [80, 443] }] });
+    assert.notEqual(vm.localAddress, '127.0.0.1');
+    assert.equal((await httpGet({ host: vm.localAddress!, port: vm.localPort! }, '/')).status, 200);
+    assert.equal((await action(vm.microvmId, 'suspend')).statusCode, 200);
+    const resumed = JSON.parse((await action(vm.microvmId, 'resume')).body) as View;
+    assert.equal(resumed.state, 'RUNNING');
+    assert.deepEqual(resumed.egress, vm.egress);
+    assert.equal((await httpGet({ host: resumed.localAddress!, port: resumed.localPort! }, '/')).status, 200);
+    assert.equal((await action(vm.microvmId, 'terminate')).statusCode, 200);
+    // Its namespace went with its QEMU: nothing is left to sweep.
+    assert.deepEqual(await engine.networks?.sweep(), []);
+  });
+
+  test('the default is none, on loopback', async () => {
+    const vm = await run();
+    assert.deepEqual(vm.egress, { mode: 'none' });
+    assert.equal(vm.localAddress, '127.0.0.1');
+    assert.equal((await action(vm.microvmId, 'terminate')).statusCode, 200);
+  });
+});
+
 describe('validation and capacity', () => {
   test('invalid requests are 400 before anything runs; the public minimum of 60 s holds without the test override', async () => {
     // A second manager with the defaults (minimum 60 s) and a budget smaller than the image (128 MiB).
@@ -251,6 +289,10 @@ describe('validation and capacity', () => {
         [{ accountId: 'x' }, 'request.unknown_field'],
         [{ imageIdentifier: '' }, 'request.invalid'],
         [{ runHookPayload: 'x'.repeat(40_000) }, 'request.invalid'],
+        [{ egress: { mode: 'open' } }, 'request.invalid'],
+        [{ egress: { mode: 'internet', extra: 1 } }, 'request.unknown_field'],
+        [{ egress: { mode: 'internet', allow: [{ cidr: '10.0.0.0/8; flush ruleset' }] } }, 'request.invalid'],
+        [{ egress: { mode: 'none', allow: [{ cidr: '203.0.113.0/24' }] } }, 'request.invalid'],
       ];
       for (const [body, code] of cases) {
         const response = await call({ method: 'POST', url: '/v1/microvms', payload: { imageIdentifier: 'tiny-httpd', ...body } }, adminKey, strictApi);
