@@ -4,6 +4,7 @@
  * Prints human-readable lines, then one JSON object as the last line.
  */
 import { spawn } from 'node:child_process';
+import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -95,23 +96,29 @@ async function rawRestore(template: TemplateSnapshot): Promise<number> {
     ram: { kind: 'template-clone', path: path.join(template.dir, 'ram') },
     diskPath: path.join(dir, 'disk.qcow2'), forwards: [{ hostPort: port, guestPort: APP_PORT }],
     qmpSocket: path.join(dir, 'qmp.sock'), agentSocket: path.join(dir, 'agent.sock'), serialLog: path.join(dir, 'serial.log'), pidFile: path.join(dir, 'qemu.pid'),
-    incoming: true,
+    incomingSocket: path.join(dir, 'incoming.sock'),
   });
   const started = Date.now();
   const qemu = spawn(QEMU_BINARY, argv, { stdio: 'ignore' });
   try {
     const qmp = await connectRaw(path.join(dir, 'qmp.sock'));
     // The template was saved paused, so the restored VM stays paused until `cont`.
+    let seen = '';
+    let capabilitiesSet = (): void => {};
+    const capabilities = new Promise<void>((resolve) => { capabilitiesSet = resolve; });
     const completed = new Promise<void>((resolve) => {
-      let seen = '';
       qmp.on('data', (chunk: Buffer) => {
         seen += chunk.toString();
+        if (seen.split('"return"').length > 2) capabilitiesSet();
         if (seen.includes('"status": "completed"')) { qmp.write('{"execute":"cont"}\n'); resolve(); }
       });
     });
     qmp.write('{"execute":"qmp_capabilities"}\n');
     qmp.write('{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true},{"capability":"x-ignore-shared","state":true}]}}\n');
-    qmp.write(`{"execute":"migrate-incoming","arguments":{"uri":"exec:cat ${path.join(template.dir, 'devices.state')}"}}\n`);
+    // QEMU listens for the stream since it started; it loads once the device state arrives.
+    await capabilities;
+    const incoming = await connectRaw(path.join(dir, 'incoming.sock'));
+    createReadStream(path.join(template.dir, 'devices.state')).pipe(incoming);
     await completed;
     const ms = await untilAnswer(port, started);
     qmp.destroy();

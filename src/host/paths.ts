@@ -14,6 +14,13 @@ export interface VmPaths {
   socketDir: string;
   qmpSocket: string;
   agentSocket: string;
+  /** Where a restoring QEMU listens for the saved state that Cocoon streams to it. */
+  incomingSocket: string;
+  /**
+   * The directory QEMUs running as VM users chroot into, shared by all VMs: it holds nothing but
+   * `etc/resolv.conf` and each saving VM's socket, in a directory only that VM's QEMU can enter.
+   */
+  chrootDir: string;
   serialLog: string;
   qemuStderr: string;
   pidFile: string;
@@ -23,6 +30,8 @@ export interface VmPaths {
   /** Full saved state of a suspended VM (zstd-compressed migration stream). */
   suspendedState: string;
   machine: string;
+  /** Name of the VM's cgroup beneath Cocoon's own (src/vmm/cgroups.ts): readable and unique per directory. */
+  cgroup: string;
 }
 
 /**
@@ -42,6 +51,8 @@ export function vmPaths(dir: string): VmPaths {
     socketDir,
     qmpSocket: path.join(socketDir, 'qmp.sock'),
     agentSocket: path.join(socketDir, 'agent.sock'),
+    incomingSocket: path.join(socketDir, 'incoming.sock'),
+    chrootDir: path.join(path.dirname(socketDir), 'chroot'),
     serialLog: path.join(abs, 'serial.log'),
     qemuStderr: path.join(abs, 'qemu.stderr'),
     pidFile: path.join(abs, 'qemu.pid'),
@@ -49,8 +60,9 @@ export function vmPaths(dir: string): VmPaths {
     templateRam: path.join(abs, 'ram'),
     suspendedState: path.join(abs, 'state.zst'),
     machine: path.join(abs, 'machine.json'),
+    cgroup: `${path.basename(abs).replace(/^\.+/, '')}-${createHash('sha256').update(abs).digest('hex').slice(0, 12)}`,
   };
-  for (const socket of [paths.qmpSocket, paths.agentSocket]) {
+  for (const socket of [paths.qmpSocket, paths.agentSocket, paths.incomingSocket]) {
     if (socket.length > MAX_SOCKET_PATH) {
       throw new RangeError(`socket path ${socket} exceeds ${MAX_SOCKET_PATH} bytes (set TMPDIR to a shorter directory)`);
     }

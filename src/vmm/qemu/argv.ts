@@ -3,6 +3,7 @@
  * into an identical device configuration: every device, id and order comes from this one function.
  */
 import { assertShellSafe } from '../../host/paths.ts';
+import type { VmUser } from './vm-users.ts';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -42,18 +43,53 @@ export interface QemuLaunch {
   agentSocket: string;
   serialLog: string;
   pidFile: string;
-  /** Wait for a migration stream (`migrate-incoming`) and stay paused until `cont`. */
-  incoming: boolean;
+  /**
+   * Wait for a migration stream on this unix socket and stay paused until `cont`. QEMU binds it
+   * while it starts, before it drops privileges; Cocoon connects and streams the saved state.
+   */
+  incomingSocket?: string;
+  /** Where the port forwards listen: 127.0.0.1 (default), or the address of the VM's network namespace. */
+  forwardAddress?: string;
+  /**
+   * The guest may open connections out of user-mode networking. Only for a QEMU inside a network
+   * namespace whose traffic the host filters (src/vmm/netns.ts): 10.0.2.2 is that namespace's loopback.
+   */
+  unrestricted?: boolean;
+  /**
+   * The user QEMU drops to once its files are open (Cocoon runs as root); without it, Cocoon's own.
+   * QEMU then reads the disk through inherited descriptors (DISK_FDS), as it reopens the disk after
+   * a restore, when it could no longer open the VM's files by path.
+   */
+  runAs?: VmUser;
+  /** With `runAs`: the directory QEMU chroots into before it drops privileges (it opens no file later). */
+  chrootDir?: string;
 }
 
+/** Descriptors of the disk file that a QEMU with `runAs` inherits: opened read-write and read-only. */
+export const DISK_FDS = { readWrite: 3, readOnly: 4 } as const;
+/**
+ * QEMU's image locks are OFD locks, held by the open file description: the fd set keeps the
+ * inherited descriptors open, so a lock QEMU took through one of them outlives the copy it closed,
+ * and reactivating the disk after a completed save (`cont`) then fails on its own lock ("Failed to
+ * get write lock"). Each VM's disk is its own file and Cocoon runs one QEMU per VM directory.
+ */
+const FDSET_NO_LOCKING = 'file.locking=off';
+
 export const AGENT_PORT_NAME = 'cocoon.agent';
+
+/**
+ * TCG's translated-code cache. QEMU's default reserves 1 GiB, and a busy guest fills hundreds of
+ * MiB of it (measured: a shell loop and an `ls -R /` in the tiny guest grew QEMU by 240 MiB);
+ * capped, QEMU flushes and retranslates instead, and stays within its memory limit's overhead.
+ */
+export const TCG_CODE_CACHE_MIB = 128;
 
 export function qemuArgv(launch: QemuLaunch): string[] {
   const { machine } = launch;
   const accel = machine.accelerator === 'kvm'
     ? ['-accel', 'kvm', '-cpu', 'host']
-    : ['-accel', machine.vcpus > 1 ? 'tcg,thread=multi' : 'tcg', '-cpu', 'max'];
-  const forwards = launch.forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
+    : ['-accel', `tcg,tb-size=${TCG_CODE_CACHE_MIB}${machine.vcpus > 1 ? ',thread=multi' : ''}`, '-cpu', 'max'];
+  const forwards = launch.forwards.map((f) => `,hostfwd=tcp:${launch.forwardAddress ?? '127.0.0.1'}:${f.hostPort}-:${f.guestPort}`).join('');
   if (machine.egressSocket) assertShellSafe(machine.egressSocket);
   const egress = machine.egressSocket
     ? `,guestfwd=tcp:${EGRESS_PROXY.address}:${EGRESS_PROXY.port}-cmd:socat - UNIX-CONNECT:${machine.egressSocket}`
@@ -71,11 +107,13 @@ export function qemuArgv(launch: QemuLaunch): string[] {
     '-kernel', machine.kernelPath,
     '-initrd', machine.initramfsPath,
     '-append', machine.kernelCmdline,
-    '-drive', `id=root,file=${launch.diskPath},format=qcow2,if=none,cache=writeback,discard=unmap`,
+    ...(launch.runAs ? ['-add-fd', `fd=${DISK_FDS.readWrite},set=1`, '-add-fd', `fd=${DISK_FDS.readOnly},set=1`] : []),
+    '-drive', `id=root,${launch.runAs ? `file=/dev/fdset/1,${FDSET_NO_LOCKING}` : `file=${launch.diskPath}`},format=qcow2,if=none,cache=writeback,discard=unmap`,
     '-device', 'virtio-blk-device,drive=root',
     // restrict=on: the guest cannot open connections out of user-mode networking (10.0.2.2 would
-    // be the host's loopback); hostfwd still lets the host reach the guest's ports.
-    '-netdev', `user,id=net0,restrict=on${forwards}${egress}`,
+    // be the host's loopback); hostfwd still lets the host reach the guest's ports. A restore may
+    // change it: it is not part of the migration stream.
+    '-netdev', `user,id=net0,restrict=${launch.unrestricted ? 'off' : 'on'}${forwards}${egress}`,
     '-device', 'virtio-net-device,netdev=net0',
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent0,path=${launch.agentSocket},server=on,wait=off`,
@@ -83,8 +121,28 @@ export function qemuArgv(launch: QemuLaunch): string[] {
     '-device', 'virtio-rng-device',
     '-qmp', `unix:${launch.qmpSocket},server=on,wait=off`,
     '-pidfile', launch.pidFile,
-    ...(launch.incoming ? ['-S', '-incoming', 'defer'] : []),
+    '-sandbox', sandbox(launch),
+    ...(launch.runAs ? ['-runas', `${launch.runAs.uid}:${launch.runAs.gid}`] : []),
+    ...(launch.runAs && launch.chrootDir ? ['-chroot', launch.chrootDir] : []),
+    ...(launch.incomingSocket ? ['-S', '-incoming', `unix:${launch.incomingSocket}`] : []),
   ];
+}
+
+/**
+ * QEMU's seccomp filter. Migration streams go through sockets that Cocoon serves, so QEMU needs to
+ * start no process, except for the egress `guestfwd` (one `socat` per guest connection).
+ * `-runas` calls setuid/setgid after the filter is in place, so privileges can only be denied
+ * without it; with it, QEMU ends up with no capabilities and no_new_privs (checked by the
+ * hardening test), so it cannot raise them again either.
+ */
+function sandbox(launch: QemuLaunch): string {
+  // The guestfwd's socat inherits the filter, and elevateprivileges=deny kills it (measured: the
+  // build VM's apt then gets "Connection failed" from 10.0.2.100:3128).
+  const elevate = launch.runAs || launch.machine.egressSocket ? 'allow' : 'deny';
+  return [
+    'on', 'obsolete=deny', `elevateprivileges=${elevate}`,
+    `spawn=${launch.machine.egressSocket ? 'allow' : 'deny'}`, 'resourcecontrol=deny',
+  ].join(',');
 }
 
 function ramObject(ram: RamBacking, memoryMiB: number): string[] {
