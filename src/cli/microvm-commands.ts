@@ -1,7 +1,15 @@
-/** The MicroVM commands: run (optionally waiting until RUNNING), get, list, suspend, resume, terminate. */
+/** The MicroVM commands: run (optionally waiting until RUNNING), get, list, suspend, resume, terminate, auth tokens. */
 import type { Command } from 'commander';
-import { CocoonApiError, type ListMicroVmsFilter, type MicroVm, type MicroVmState, type RunMicroVmRequest } from '../client/index.ts';
-import { parseInteger, parseJsonObject } from './args.ts';
+import {
+  CocoonApiError,
+  type CreateMicroVmAuthTokenRequest,
+  type ListMicroVmsFilter,
+  type MicroVm,
+  type MicroVmState,
+  type EgressPolicy,
+  type RunMicroVmRequest,
+} from '../client/index.ts';
+import { parseAllowedPorts, parseInteger, parseJsonObject } from './args.ts';
 import { contextOf, type Context } from './context.ts';
 
 const POLL_MS = 500;
@@ -14,6 +22,7 @@ interface RunOptions {
   idlePolicy?: string;
   maximumDurationInSeconds?: string;
   runHookPayload?: string;
+  egressPolicy?: string;
   wait?: boolean;
 }
 
@@ -25,6 +34,7 @@ export function registerMicroVmCommands(program: Command): void {
     .option('--idle-policy <json>', '{"maxIdleDurationSeconds":900,"suspendedDurationSeconds":300,"autoResumeEnabled":true}')
     .option('--maximum-duration-in-seconds <n>', 'at most 28800')
     .option('--run-hook-payload <text>', "the body of the app's run hook after launch")
+    .option('--egress-policy <json>', '{"mode":"none"} (default) or {"mode":"internet","allow":[{"cidr":"203.0.113.0/24","ports":[443]}]}')
     .option('--wait', 'poll until the MicroVM is RUNNING; exit non-zero if it FAILED')
     .action(async (options: RunOptions, command: Command) => {
       const ctx = contextOf(command);
@@ -35,6 +45,7 @@ export function registerMicroVmCommands(program: Command): void {
           maximumDurationInSeconds: parseInteger('--maximum-duration-in-seconds', options.maximumDurationInSeconds),
         }),
         ...(options.runHookPayload !== undefined && { runHookPayload: options.runHookPayload }),
+        ...(options.egressPolicy !== undefined && { egress: parseJsonObject('--egress-policy', options.egressPolicy) as unknown as EgressPolicy }),
       };
       // The API answers once the MicroVM is RUNNING; --wait also covers a server that answers earlier.
       const microvm = await ctx.client.runMicroVm(request);
@@ -80,6 +91,29 @@ export function registerMicroVmCommands(program: Command): void {
         await printMaybeWaiting(ctx, await act(ctx, options.microvmId), options.wait === true, 'vm.invalid_state');
       });
   }
+
+  program
+    .command('create-microvm-auth-token')
+    .description("mint an auth token for a MicroVM's endpoint; send authToken as headers (X-Cocoon-Auth)")
+    .requiredOption('--microvm-id <id>', 'mvm-…')
+    .option('--expiration-in-minutes <n>', '1–60 (default 60)')
+    .option('--allowed-ports <entries...>', "port=8080, fromPort=8000,toPort=8100 or all=true; several allowed (default: the image's app port)")
+    .action(async (options: { microvmId: string; expirationInMinutes?: string; allowedPorts?: string[] }, command: Command) => {
+      const ctx = contextOf(command);
+      const request: CreateMicroVmAuthTokenRequest = {
+        ...(options.expirationInMinutes !== undefined && { expirationInMinutes: parseInteger('--expiration-in-minutes', options.expirationInMinutes) }),
+        ...(options.allowedPorts !== undefined && { allowedPorts: options.allowedPorts.flatMap((entry) => parseAllowedPorts(entry)) }),
+      };
+      ctx.print(await ctx.client.createMicroVmAuthToken(options.microvmId, request));
+    });
+
+  program
+    .command('rotate-auth-token-keys')
+    .description('admin: a new key mints auth tokens; tokens of the previous key stay valid until they expire')
+    .action(async (_options: unknown, command: Command) => {
+      const ctx = contextOf(command);
+      ctx.print(await ctx.client.rotateAuthTokenKeys());
+    });
 }
 
 /** Prints the MicroVM, after waiting for it to settle if asked; FAILED is an error with `failedCode`. */
