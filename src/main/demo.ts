@@ -1,17 +1,19 @@
 /**
  * `npm run demo`: Cocoon end to end on its embedded defaults (SQLite and files in ./.cocoon, API on
- * loopback). Starts the server, builds examples/tiny-httpd into a MicroVM image through the REST
- * API (the Dockerfile runs inside a VM; the running app is snapshotted), runs a MicroVM from the
- * snapshot and prints how to reach it. On a terminal it keeps serving until Ctrl-C; otherwise (or
- * with --exit) it terminates its MicroVM and stops.
+ * loopback, endpoints under cocoon.localhost). Starts the server, builds examples/tiny-httpd into a
+ * MicroVM image through the REST API (the Dockerfile runs inside a VM; the running app is
+ * snapshotted), runs a MicroVM from the snapshot, reaches it through its HTTPS endpoint with an
+ * auth token, and prints how to reach it. On a terminal it keeps serving until Ctrl-C; otherwise
+ * (or with --exit) it terminates its MicroVM and stops.
  */
+import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
+import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { CocoonClient } from '../client/index.ts';
 import { loadConfig } from '../config/config.ts';
-import { httpGet } from '../host/http-probe.ts';
 import { zipDirectory } from '../host/zip-dir.ts';
 import { DEFAULT_API_PORT, startServer } from './server.ts';
 
@@ -20,13 +22,17 @@ const { values } = parseArgs({
     example: { type: 'string', default: 'tiny-httpd' },
     'data-dir': { type: 'string' },
     port: { type: 'string', default: String(DEFAULT_API_PORT) },
+    'proxy-port': { type: 'string' },
     exit: { type: 'boolean', default: false },
   },
 });
 const say = (line: string): void => console.log(line);
 const example = values.example;
 const exampleDir = fileURLToPath(new URL(`../../examples/${example}`, import.meta.url));
-const config = loadConfig(values['data-dir'] ? { dataDir: values['data-dir'] } : {});
+const config = loadConfig({
+  ...(values['data-dir'] !== undefined && { dataDir: values['data-dir'] }),
+  ...(values['proxy-port'] !== undefined && { proxyPort: Number(values['proxy-port']) }),
+});
 const cli = values['data-dir'] ? `COCOON_DATA_DIR=${config.dataDir} npm run -s cocoon --` : 'npm run -s cocoon --';
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
@@ -54,17 +60,19 @@ try {
   const microvm = await client.runMicroVm({ imageIdentifier: example });
   microvmId = microvm.microvmId;
   say(`  ${microvm.microvmId}: ${microvm.state} ${seconds(Date.now() - started)} after the call (restored from the image's snapshot, app already serving)`);
-  if (microvm.localPort !== undefined) {
+  const token = (await client.createMicroVmAuthToken(microvm.microvmId, { expirationInMinutes: 15 })).authToken['X-Cocoon-Auth'];
+  if (microvm.endpoint) {
     // built.txt was written by the Dockerfile's RUN step inside the build VM.
-    const answer = await httpGet(microvm.localPort, '/built.txt', 10_000);
-    say(`  GET /built.txt → ${answer.status}: ${answer.body.trim()}`);
+    const answer = await getThroughEndpoint(new URL('/built.txt', microvm.endpoint), token, server.caPath);
+    say(`  GET ${microvm.endpoint}/built.txt with its X-Cocoon-Auth token → ${answer.status}: ${answer.body.trim()}`);
   }
 
   say('\nReach it:');
-  if (microvm.localPort !== undefined) say(`  curl http://127.0.0.1:${microvm.localPort}/`);
+  say(`  TOKEN=$(${cli}${cliFlags} create-microvm-auth-token --microvm-id ${microvm.microvmId} --query 'authToken."X-Cocoon-Auth"' --output text)`);
+  say(`  curl ${server.caPath ? `--cacert ${server.caPath} ` : ''}-H "X-Cocoon-Auth: $TOKEN" ${microvm.endpoint}/`);
   say(`  ${cli}${cliFlags} get-microvm --microvm-id ${microvm.microvmId}`);
-  say(`  ${cli}${cliFlags} suspend-microvm --microvm-id ${microvm.microvmId}`);
-  say(`  ${cli}${cliFlags} resume-microvm --microvm-id ${microvm.microvmId}`);
+  say(`  ${cli}${cliFlags} logs --microvm-id ${microvm.microvmId} --follow`);
+  say(`  ${cli}${cliFlags} suspend-microvm --microvm-id ${microvm.microvmId}    # the next request through the endpoint resumes it`);
   say(`  API: ${server.apiUrl}/openapi.json with "Authorization: Bearer $(cat ${server.adminKeyPath})"`);
   if (!values.exit && process.stdin.isTTY) {
     say('\nThe server keeps running; press Ctrl-C to stop it (the demo\'s MicroVM is terminated, the image stays).');
@@ -81,4 +89,23 @@ try {
   await rm(workDir, { recursive: true, force: true });
   await server.close();
   say('server stopped');
+}
+
+/** An HTTPS GET of a MicroVM endpoint; the name resolves to loopback (under .localhost) whatever the resolver says. */
+function getThroughEndpoint(url: URL, token: string, caPath: string | undefined): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const request = https.get(url, {
+      headers: { 'x-cocoon-auth': token },
+      ...(caPath !== undefined && { ca: readFileSync(caPath) }),
+      lookup: (_host, _options, callback) => callback(null, [{ address: '127.0.0.1', family: 4 }]),
+      timeout: 30_000,
+    }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => { body += chunk; });
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+    });
+    request.on('timeout', () => request.destroy(new Error(`no answer from ${url.host} within 30 s`)));
+    request.on('error', reject);
+  });
 }

@@ -21,7 +21,7 @@ import type { ImageService } from '../../src/main/images.ts';
 import { FINAL_STATES, type MicroVmState } from '../../src/store/index.ts';
 import { microvmRecord } from '../../src/store/test-fixtures.ts';
 import { MicroVmManager, type MicroVmManagerDeps } from '../../src/vms/manager.ts';
-import { startApiFixture } from './api-fixture.ts';
+import { startApiFixture, terminateLeftovers } from './api-fixture.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/tiny-httpd', import.meta.url));
 const STATE_TIMEOUT_MS = 60_000;
@@ -61,10 +61,7 @@ before(async () => {
 
 after(async () => {
   // Every VM still alive is terminated by the lifecycle; a QEMU that survives that is killed by its pid.
-  const live = !images || !microvms ? [] : await images.store.microvms.listByState(['PENDING', 'RUNNING', 'SUSPENDING', 'SUSPENDED', 'RESUMING', 'TERMINATING']);
-  const pids = live.flatMap((record) => (record.pid === undefined ? [] : [record.pid]));
-  for (const record of live) await microvms.terminate(record.accountId, record.microvmId).catch((error) => console.log(`# teardown ${record.microvmId}: ${String(error)}`));
-  for (const pid of pids) if (isQemu(pid)) process.kill(pid, 'SIGKILL');
+  if (images && microvms) await terminateLeftovers(images.store, microvms);
   await microvms?.close();
   await app?.close();
   await images?.close();
@@ -72,14 +69,6 @@ after(async () => {
   if (lines.length > 0) console.log(lines.map((line) => `# ${line}`).join('\n'));
   await rm(workDir, { recursive: true, force: true });
 });
-
-function isQemu(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system') && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
 
 async function call(options: InjectOptions, key = adminKey, target = app): Promise<LightMyRequestResponse> {
   return target.inject({ ...options, headers: { authorization: `Bearer ${key}`, ...options.headers } });

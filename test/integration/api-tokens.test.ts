@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -20,7 +19,7 @@ import type { Engine } from '../../src/main/engine.ts';
 import type { ImageService } from '../../src/main/images.ts';
 import { TokenService } from '../../src/tokens/index.ts';
 import { MicroVmManager } from '../../src/vms/manager.ts';
-import { startApiFixture } from './api-fixture.ts';
+import { isLiveQemu, startApiFixture } from './api-fixture.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const EXAMPLE = path.join(ROOT, 'examples/tiny-httpd');
@@ -60,21 +59,13 @@ before(async () => {
 after(async () => {
   const record = microvmId === undefined ? undefined : await images.store.microvms.getAny(microvmId);
   if (record && record.state !== 'TERMINATED') await microvms.terminate(record.accountId, microvmId).catch((error) => console.log(`# teardown: ${String(error)}`));
-  if (pid !== undefined && isQemu(pid)) process.kill(pid, 'SIGKILL');
+  if (pid !== undefined && isLiveQemu(pid)) process.kill(pid, 'SIGKILL');
   await microvms?.close();
   await app?.close();
   await images?.close();
   await engine?.driver.idle();
   await rm(workDir, { recursive: true, force: true });
 });
-
-function isQemu(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system') && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
 
 async function call(options: InjectOptions, key = adminKey): Promise<LightMyRequestResponse> {
   return app.inject({ ...options, headers: { authorization: `Bearer ${key}`, ...options.headers } });

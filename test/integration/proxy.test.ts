@@ -9,7 +9,6 @@ import * as grpc from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,7 +26,7 @@ import {
 import type { IdlePolicy, MicroVmState } from '../../src/store/index.ts';
 import { TokenService } from '../../src/tokens/index.ts';
 import { MicroVmManager } from '../../src/vms/manager.ts';
-import { startApiFixture } from './api-fixture.ts';
+import { startApiFixture, terminateLeftovers } from './api-fixture.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/protocols', import.meta.url));
 const DOMAIN = 'cocoon.localhost';
@@ -67,10 +66,7 @@ before(async () => {
 });
 
 after(async () => {
-  const live = !images || !microvms ? [] : await images.store.microvms.listByState(['PENDING', 'RUNNING', 'SUSPENDING', 'SUSPENDED', 'RESUMING', 'TERMINATING']);
-  const pids = live.flatMap((record) => (record.pid === undefined ? [] : [record.pid]));
-  for (const record of live) await microvms.terminate(record.accountId, record.microvmId).catch((error) => console.log(`# teardown ${record.microvmId}: ${String(error)}`));
-  for (const pid of pids) if (isQemu(pid)) process.kill(pid, 'SIGKILL');
+  if (images && microvms) await terminateLeftovers(images.store, microvms);
   await endpoints?.proxy.close();
   await microvms?.close();
   await images?.close();
@@ -78,14 +74,6 @@ after(async () => {
   if (lines.length > 0) console.log(lines.map((line) => `# ${line}`).join('\n'));
   await rm(workDir, { recursive: true, force: true });
 });
-
-function isQemu(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system') && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
 
 // --- helpers ---
 
