@@ -34,9 +34,7 @@ export function forwardFromHttp1(agent: http.Agent, upstream: Upstream, req: Inc
   const call = callUpstream(agent, { upstream, method: req.method!, path: req.url!, headers, ...(hasBody(req.headers) && { body: req }) }, (upstream) => {
     res.writeHead(upstream.statusCode!, upstream.statusMessage, responseHeadersH1(upstream.rawHeaders));
     if (upstream.headers['content-length'] === undefined) res.flushHeaders();
-    // A guest that fails mid-response cuts the client's response short: nothing else can tell it.
-    upstream.on('error', () => res.destroy());
-    upstream.pipe(res);
+    relay(upstream, res);
   }, fail);
   res.once('close', () => {
     if (!res.writableFinished) call.cancel();
@@ -65,6 +63,35 @@ export function forwardFromHttp2(
   stream.once('close', () => {
     if (!stream.writableFinished) call.cancel();
   });
+}
+
+/**
+ * The response body to an HTTP/1.1 client: `pipe` with backpressure but without its half-dozen
+ * listeners per response. The guest's data comes in small pieces, each its own read: the client's
+ * socket stays corked until the event loop has handled every read at hand, so they leave as one
+ * TLS record and one write instead of one per piece.
+ */
+function relay(upstream: IncomingMessage, res: ServerResponse): void {
+  const socket = res.socket;
+  let corked = false;
+  const uncork = (): void => {
+    corked = false;
+    socket?.uncork();
+  };
+  upstream.on('data', (chunk: Buffer) => {
+    if (socket && !corked) {
+      corked = true;
+      socket.cork();
+      setImmediate(uncork);
+    }
+    if (!res.write(chunk)) {
+      upstream.pause();
+      res.once('drain', () => upstream.resume());
+    }
+  });
+  upstream.on('end', () => res.end());
+  // A guest that fails mid-response cuts the client's response short: nothing else can tell it.
+  upstream.on('error', () => res.destroy());
 }
 
 function hasBody(headers: IncomingHttpHeaders): boolean {

@@ -37,7 +37,7 @@ export function requestHeaders(headers: IncomingHttpHeaders, forwarded: Forwarde
       if (target === 'h2c') out[name] = headers[name];
       continue;
     }
-    if ((HOP_BY_HOP.has(name) && !(target === 'h2c' && name === 'te')) || name.startsWith('x-cocoon-') || name.startsWith('x-forwarded-') || listed?.has(name)) continue;
+    if ((HOP_BY_HOP.has(name) && !(target === 'h2c' && name === 'te')) || isOwnHeader(name) || listed?.has(name)) continue;
     out[name] = headers[name];
   }
   if (target === 'h2c') out[':scheme'] = 'http';
@@ -51,11 +51,16 @@ export function requestHeaders(headers: IncomingHttpHeaders, forwarded: Forwarde
 
 /** An HTTP/1.1 response's raw headers (name, value, name, value…) for an HTTP/1.1 client. */
 export function responseHeadersH1(raw: readonly string[]): string[] {
+  const names: string[] = [];
   let listed: Set<string> | undefined;
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === 'connection') listed = connectionTokens(raw[i + 1], listed);
-  const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
+    names.push(name);
+    if (name === 'connection') listed = connectionTokens(raw[i + 1], listed);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = names[i >> 1]!;
     if (!HOP_BY_HOP.has(name) && !listed?.has(name)) out.push(raw[i]!, raw[i + 1]!);
   }
   return out;
@@ -115,9 +120,18 @@ export function upgradeRequestHeaders(headers: IncomingHttpHeaders, forwarded: F
   return out;
 }
 
+/** The headers Connection names, hop-by-hop ones left out (they go anyway; `te` may stay for gRPC): the usual `keep-alive` builds no set. */
 function connectionTokens(value: string | string[] | undefined, into?: Set<string>): Set<string> | undefined {
   if (value === undefined) return into;
-  const tokens = into ?? new Set<string>();
-  for (const token of String(value).split(',')) tokens.add(token.trim().toLowerCase());
+  let tokens = into;
+  for (const token of String(value).split(',')) {
+    const name = token.trim().toLowerCase();
+    if (name === 'te' || !HOP_BY_HOP.has(name)) (tokens ??= new Set()).add(name);
+  }
   return tokens;
+}
+
+/** `x-cocoon-*` and `x-forwarded-*`; the first letter spares most headers the comparisons. */
+function isOwnHeader(name: string): boolean {
+  return name.charCodeAt(0) === 120 /* 'x' */ && (name.startsWith('x-cocoon-') || name.startsWith('x-forwarded-'));
 }
