@@ -14,11 +14,9 @@
  *   and `resume` needs nothing else; a complete state.zst is never deleted before its VM runs again.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError, isAppError } from '../errors/errors.ts';
 import { httpGet, waitUntil, type HostEndpoint } from '../host/http-probe.ts';
 import { vmPaths } from '../host/paths.ts';
@@ -26,6 +24,7 @@ import type { ImageBuilder } from '../images/builder.ts';
 import { findSize, type VmSize } from '../images/sizes.ts';
 import { FINAL_STATES, type IdlePolicy, type MicroVmFilter, type MicroVmPatchInput, type MicroVmRecord, type MicroVmState, type MicroVmUsage, type Store, type StoredImage, ZERO_USAGE } from '../store/index.ts';
 import type { EgressSpec, LimitsEnforcement, RunningVm, VmDriver } from '../vmm/driver.ts';
+import { killQemuOf, processAlive } from '../vmm/qemu/process.ts';
 import { checkEgressSpec } from '../vmm/netns.ts';
 import { AppLogs } from './app-log.ts';
 import { callHook, type HookName } from './hooks.ts';
@@ -297,7 +296,7 @@ export class MicroVmManager {
         const id = record.microvmId;
         if (this.locks.isLocked(id)) continue;
         const entry = this.running.get(id);
-        if (record.state === 'RUNNING' && entry && !pidAlive(entry.vm.pid)) {
+        if (record.state === 'RUNNING' && entry && !processAlive(entry.vm.pid)) {
           void this.locks.run(id, () => this.failIfExited(id, entry.vm)).catch((error) => this.log(`idle controller: ${id}: ${messageOf(error)}`));
         } else if (this.dueFor(record)) {
           // Not awaited: one slow suspend must not hold back the others. The lock is taken at once,
@@ -426,7 +425,7 @@ export class MicroVmManager {
       await this.deps.driver.suspend(entry.vm);
     } catch (error) {
       // The driver lets QEMU continue when the save fails and QEMU still runs: roll back.
-      if (pidAlive(entry.vm.pid)) {
+      if (processAlive(entry.vm.pid)) {
         await this.move(id, ['SUSPENDING'], 'RUNNING', { stateReason: `suspend failed: ${messageOf(error)}` });
       } else {
         await this.fail(id, 'SUSPENDING', `suspend failed: ${messageOf(error)}`, entry.vm);
@@ -479,7 +478,7 @@ export class MicroVmManager {
       await this.stopVm(entry.vm);
       this.running.delete(id);
     } else if (record.pid !== undefined) {
-      await killQemu(record.pid, record.dir);
+      await killQemuOf(record.pid, record.dir);
     }
     this.activity.delete(id);
     await rm(record.dir, { recursive: true, force: true });
@@ -502,7 +501,7 @@ export class MicroVmManager {
   /** A QEMU that exited on its own (crash, OOM kill) makes its RUNNING VM FAILED. */
   private async failIfExited(microvmId: string, vm: RunningVm): Promise<void> {
     const record = await this.deps.store.microvms.getAny(microvmId);
-    if (record?.state !== 'RUNNING' || this.running.get(microvmId)?.vm !== vm || pidAlive(vm.pid)) return;
+    if (record?.state !== 'RUNNING' || this.running.get(microvmId)?.vm !== vm || processAlive(vm.pid)) return;
     await this.fail(microvmId, 'RUNNING', `its QEMU process (pid ${vm.pid}) exited unexpectedly`, vm);
   }
 
@@ -537,14 +536,14 @@ export class MicroVmManager {
     const stateFile = vmPaths(record.dir).suspendedState;
     const restarted = `the daemon restarted while the VM was ${record.state}`;
     if (record.state === 'TERMINATING') {
-      if (record.pid !== undefined) await killQemu(record.pid, record.dir);
+      if (record.pid !== undefined) await killQemuOf(record.pid, record.dir);
       await rm(record.dir, { recursive: true, force: true });
       return this.move(id, ['TERMINATING'], 'TERMINATED', { terminatedAt: this.iso(), pid: undefined, hostPorts: {} });
     }
     if (record.state === 'SUSPENDING' && (await isFile(stateFile))) {
       // The state file appears only by an atomic rename once complete: a whole save. Its QEMU may
       // not have stopped yet; it is paused with inactive disks and has nothing more to give.
-      if (record.pid !== undefined) await killQemu(record.pid, record.dir);
+      if (record.pid !== undefined) await killQemuOf(record.pid, record.dir);
       return this.move(id, ['SUSPENDING'], 'SUSPENDED', {
         stateReason: `${restarted}; its saved state was kept`, suspendedAt: record.suspendedAt ?? this.iso(), pid: undefined, hostPorts: {},
       });
@@ -631,7 +630,7 @@ export class MicroVmManager {
   private async stopVm(vm: RunningVm): Promise<void> {
     await this.deps.driver.stop(vm).catch(async (error) => {
       this.log(`stopping QEMU ${vm.pid} failed (${messageOf(error)}); killing it`);
-      await killQemu(vm.pid, vm.dir);
+      await killQemuOf(vm.pid, vm.dir);
     });
   }
 
@@ -761,34 +760,4 @@ async function isFile(file: string): Promise<boolean> {
 /** True once the app answers HTTP on its forwarded port (any status), false after `timeoutMs`. */
 async function appAnswers(app: HostEndpoint, timeoutMs: number): Promise<boolean> {
   return waitUntil(async () => (await httpGet(app, '/', 5000)).status > 0, timeoutMs, 100).then(() => true, () => false);
-}
-
-function pidAlive(pid: number): boolean {
-  if (!existsSync(`/proc/${pid}`)) return false;
-  try {
-    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Kills `pid` if it is a live QEMU of the VM in `dir` (its command line names files there), never a
- * recycled pid of something else; true if it was.
- */
-async function killQemu(pid: number, dir: string): Promise<boolean> {
-  let cmdline: string;
-  try {
-    cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-  } catch {
-    return false;
-  }
-  if (!cmdline.includes('qemu-system') || !cmdline.includes(`${path.resolve(dir)}/`) || !pidAlive(pid)) return false;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    return false;
-  }
-  for (let i = 0; i < 100 && pidAlive(pid); i++) await sleep(50);
-  return true;
 }

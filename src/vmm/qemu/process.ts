@@ -4,6 +4,7 @@
  * the daemon exits, unless it was released (a graceful server restart: its VMs keep running and
  * the next daemon adopts them).
  */
+import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -175,6 +176,22 @@ export function qemuPidsUsing(dir: string): number[] {
     .filter((name) => /^\d+$/.test(name))
     .map(Number)
     .filter((pid) => qemuCommandLine(pid)?.some((arg) => arg.includes(prefix)));
+}
+
+/** True while `pid` is a live process (not gone, not a zombie). */
+export function processAlive(pid: number): boolean {
+  return processStartTime(pid) !== undefined;
+}
+
+/**
+ * Kills `pid` only if it is a live QEMU of the VM in `dir` (its command line names files there),
+ * never a recycled pid of something else; true if it was.
+ */
+export async function killQemuOf(pid: number, dir: string): Promise<boolean> {
+  const prefix = `${path.resolve(dir)}/`;
+  if (!qemuCommandLine(pid)?.some((arg) => arg.includes(prefix))) return false;
+  await killAndWait(pid);
+  return true;
 }
 
 /** Kills a process that is not ours to wait for (an orphan), and polls /proc until it is gone (5 s at most). */
