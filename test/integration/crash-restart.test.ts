@@ -198,6 +198,8 @@ before(async () => {
     'COPY www/ /srv/www/',
     'COPY hook.sh /srv/hook.sh',
     'RUN chmod 755 /srv/www/cgi-bin/count /srv/hook.sh && echo "$GREETING" > /srv/www/greeting.txt',
+    // The build the test kills: its RUN step is observably running (it prints 42, not the header's text).
+    'RUN if [ "$GREETING" = crash ]; then echo "slow step $((40 + 2))"; sleep 600; fi',
     'EXPOSE 8080',
     'CMD ["sh", "-c", "nc -ll -p 9000 -e /srv/hook.sh & exec httpd -f -p 8080 -h /srv/www"]',
     '',
@@ -343,6 +345,9 @@ describe('kill -9 of the server, then a restart on the same data directory', { t
     // A new build argument: the RUN step is not cached, so a build VM runs it.
     const building = await client.uploadImage(IMAGE, path.join(workDir, 'app.zip'), { memoryMiB: 128, buildArgs: { GREETING: 'crash' } });
     const imagesDir = path.join(dataDir, 'images');
+    // Killed while a RUN step runs: a QEMU still restoring a snapshot from the daemon would die
+    // with it on its own, and the orphan sweep would have nothing to show.
+    await waitFor('the slow RUN step', async () => ((await client.buildLogs(IMAGE, building.version)).includes('slow step 42') ? true : undefined), 250);
     const buildPids = await waitFor('the build VM', () => {
       const versionDirs = readdirSync(imagesDir).map((account) => path.join(imagesDir, account, IMAGE, building.version));
       const pids = versionDirs.flatMap((dir) => qemuPidsUsing(dir));
