@@ -8,11 +8,23 @@
 import http, { type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import http2, { type ServerHttp2Stream } from 'node:http2';
 import type { Readable } from 'node:stream';
+import type { ConnectGate } from './connect-gate.ts';
 import { responseHeadersH1, responseHeadersH2 } from './headers.ts';
 
-/** Free connections close before the 5 s keep-alive of most servers does, so a reused one is rarely found closed. */
-export function upstreamAgent(): http.Agent {
-  return new http.Agent({ keepAlive: true, timeout: 4000, scheduling: 'lifo' });
+/**
+ * Kept-alive connections to guest ports, opened through `gate` (one connect at a time per port).
+ * Free connections close before the 5 s keep-alive of most servers does, so a reused one is rarely
+ * found closed.
+ */
+export function upstreamAgent(gate: ConnectGate): http.Agent {
+  const agent = new http.Agent({ keepAlive: true, timeout: 4000, scheduling: 'lifo' });
+  // Node's agent takes a socket handed to this callback later (it connects asynchronously here).
+  agent.createConnection = (options, created) => {
+    gate.connect({ host: options.host ?? '127.0.0.1', port: Number(options.port) })
+      .then((socket) => created?.(null, socket), (error: Error) => created?.(error, undefined as never));
+    return undefined;
+  };
+  return agent;
 }
 
 /** Where a guest port is reached on the host (a lease's `hostAddress` and `hostPort`). */
@@ -51,7 +63,7 @@ export function forwardFromHttp2(
       upstream.destroy();
       return;
     }
-    stream.respond(responseHeadersH2(upstream.statusCode!, upstream.headers));
+    stream.respond(responseHeadersH2(upstream.statusCode!, upstream.rawHeaders));
     // HEAD, 204 and 304 end the stream with the headers.
     if (stream.writableEnded) {
       upstream.resume();

@@ -51,13 +51,8 @@ export function requestHeaders(headers: IncomingHttpHeaders, forwarded: Forwarde
 
 /** An HTTP/1.1 response's raw headers (name, value, name, value…) for an HTTP/1.1 client. */
 export function responseHeadersH1(raw: readonly string[]): string[] {
-  const names: string[] = [];
-  let listed: Set<string> | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toLowerCase();
-    names.push(name);
-    if (name === 'connection') listed = connectionTokens(raw[i + 1], listed);
-  }
+  const names = lowerCaseNames(raw);
+  const listed = listedInConnection(raw, names);
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = names[i >> 1]!;
@@ -66,12 +61,30 @@ export function responseHeadersH1(raw: readonly string[]): string[] {
   return out;
 }
 
-/** An HTTP/1.1 response's headers for an HTTP/2 client. */
-export function responseHeadersH2(status: number, headers: IncomingHttpHeaders): OutgoingHttpHeaders {
-  const listed = connectionTokens(headers.connection);
+/** An HTTP/1.1 response's raw headers for an HTTP/2 client: lower-case names, repeated ones as arrays. */
+export function responseHeadersH2(status: number, raw: readonly string[]): OutgoingHttpHeaders {
+  const names = lowerCaseNames(raw);
+  const listed = listedInConnection(raw, names);
   const out: OutgoingHttpHeaders = { ':status': status };
-  for (const name in headers) if (!HOP_BY_HOP.has(name) && !listed?.has(name)) out[name] = headers[name];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = names[i >> 1]!;
+    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    const prior = out[name];
+    out[name] = prior === undefined ? raw[i + 1]! : [...(Array.isArray(prior) ? prior : [String(prior)]), raw[i + 1]!];
+  }
   return out;
+}
+
+function lowerCaseNames(raw: readonly string[]): string[] {
+  const names: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) names.push(raw[i]!.toLowerCase());
+  return names;
+}
+
+function listedInConnection(raw: readonly string[], names: readonly string[]): Set<string> | undefined {
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < names.length; i++) if (names[i] === 'connection') listed = connectionTokens(raw[2 * i + 1], listed);
+  return listed;
 }
 
 /**

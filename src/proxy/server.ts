@@ -15,6 +15,7 @@ import tls from 'node:tls';
 import { AppError } from '../errors/errors.ts';
 import type { TokenService } from '../tokens/index.ts';
 import type { MicroVmManager, TrafficLease } from '../vms/manager.ts';
+import { ConnectGate } from './connect-gate.ts';
 import { forwardFromHttp1, forwardFromHttp2, upstreamAgent, type Upstream } from './forward-http.ts';
 import { forwardGrpc, GrpcSessions, isGrpc } from './forward-grpc.ts';
 import { AUTH_HEADER, offeredProtocols, PORT_HEADER, requestHeaders, upgradeRequestHeaders, type ForwardedFor } from './headers.ts';
@@ -43,7 +44,8 @@ export class EndpointProxy {
   private readonly http2: http2.Http2Server;
   private readonly tlsServer: tls.Server;
   private plainServer: net.Server | undefined;
-  private readonly agent = upstreamAgent();
+  private readonly gate = new ConnectGate();
+  private readonly agent = upstreamAgent(this.gate);
   private readonly grpc = new GrpcSessions();
   private readonly sockets = new Set<Duplex>();
 
@@ -150,7 +152,7 @@ export class EndpointProxy {
     const forwarded = this.forwardedFor(socket, req.headers.host);
     // Only WebSocket upgrades are tunnelled; another (an h2c upgrade on the plain port) is served as a plain request.
     const headers = /^websocket$/i.test(req.headers.upgrade ?? '') ? upgradeRequestHeaders(req.headers, forwarded, offered) : requestHeaders(req.headers, forwarded, 'http1');
-    forwardUpgrade(upstreamOf(lease), req, socket, head, headers, offered, (error) => {
+    forwardUpgrade(this.gate, upstreamOf(lease), req, socket, head, headers, offered, (error) => {
       this.upstreamFailed(destination!, lease, error);
       writeProblemRaw(socket, upstreamFailed());
     });

@@ -7,6 +7,7 @@
  */
 import http, { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { ConnectGate } from './connect-gate.ts';
 import type { Upstream } from './forward-http.ts';
 import type { OfferedProtocols } from './headers.ts';
 
@@ -14,10 +15,17 @@ import type { OfferedProtocols } from './headers.ts';
 const FRAMING = new Set(['connection', 'keep-alive', 'transfer-encoding']);
 
 export function forwardUpgrade(
-  target: Upstream, req: IncomingMessage, socket: Duplex, head: Buffer, headers: OutgoingHttpHeaders, offered: OfferedProtocols,
+  gate: ConnectGate, target: Upstream, req: IncomingMessage, socket: Duplex, head: Buffer, headers: OutgoingHttpHeaders, offered: OfferedProtocols,
   fail: (error: Error) => void,
 ): void {
-  const upstreamReq = http.request({ host: target.host, port: target.port, method: req.method, path: req.url, headers, setHost: false, agent: false });
+  const upstreamReq = http.request({
+    // No agent: with `createConnection` the request takes the gate's socket and keeps it to itself.
+    method: req.method, path: req.url, headers, setHost: false,
+    createConnection: (_options, created) => {
+      gate.connect(target).then((connection) => created(null, connection), (error: Error) => created(error, undefined as never));
+      return undefined;
+    },
+  });
   let settled = false;
   socket.once('close', () => {
     if (!settled) upstreamReq.destroy();
