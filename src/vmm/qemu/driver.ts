@@ -4,7 +4,9 @@
  * (state-streams.ts).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { chmod, lstat, mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { chmod, chown, copyFile, lstat, mkdir, open, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { once } from 'node:events';
+import net from 'node:net';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -19,7 +21,7 @@ import type { EgressSpec, NetworkNamespaces, VmNetwork } from '../netns.ts';
 import type {
   BootSpec, GuestArtifacts, HostLimits, LimitsEnforcement, OperationOptions, RunningVm, StartOptions, SuspendedVm, TemplateSnapshot, VmDriver,
 } from '../driver.ts';
-import { kernelCmdline, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
+import { kernelCmdline, layerFds, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
 import { qemuCommandLine, QemuProcess, QEMU_BINARY } from './process.ts';
 import { OverlayPool } from './overlays.ts';
 import { QmpClient } from './qmp.ts';
@@ -89,6 +91,14 @@ class QemuVm implements RunningVm {
   user: VmUser | undefined;
   /** Its network namespace, when it has `internet` egress (src/vmm/netns.ts). */
   network: VmNetwork | undefined;
+  /**
+   * With `user`: the files its disk will be frozen into, created and inherited as fd sets at start
+   * (BootSpec.freezePaths), and how many of them are in use.
+   */
+  layers: readonly string[] = [];
+  layersUsed = 0;
+  /** With `user` and egress: the listener in its chroot that its guestfwd's relay connects to. */
+  egressRelay: EgressRelay | undefined;
 
   get hostAddress(): string {
     return this.network?.address ?? '127.0.0.1';
@@ -164,6 +174,13 @@ export class QemuDriver implements VmDriver {
     await (spec.rootDisk.kind === 'copy'
       ? run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', spec.rootDisk.rootfsPath, diskPath])
       : run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', spec.rootDisk.backingPath, '-F', 'qcow2', diskPath]));
+    // Without dropping privileges QEMU creates each layer itself when it freezes the disk (blockdev-snapshot-sync).
+    const layers = canDropPrivileges() ? (spec.freezePaths ?? []).map((file) => path.resolve(file)) : [];
+    // In chain order, each backed by the real path of the one before: the headers name the files
+    // that later builds open from the layer cache, not the fd sets this QEMU reads them through.
+    for (const [i, layer] of layers.entries()) {
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', i === 0 ? path.resolve(diskPath) : layers[i - 1]!, '-F', 'qcow2', layer]);
+    }
     const record: MachineRecord = {
       machine: {
         accelerator: this.accelerator,
@@ -180,14 +197,14 @@ export class QemuDriver implements VmDriver {
     };
     await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
     const ram: RamBacking = spec.templateSource ? { kind: 'template-source', path: paths.templateRam } : { kind: 'anonymous' };
-    if (!this.bootSnapshotDir) return this.start(paths, record, ram, undefined, options, diskPath);
+    if (!this.bootSnapshotDir) return this.start(paths, record, ram, undefined, options, diskPath, layers);
 
     const snapshot = path.join(this.bootSnapshotDir, `${bootSnapshotKey(record)}.zst`);
     let vm: QemuVm;
     if (await stat(snapshot).then(() => true, () => false)) {
-      vm = await this.start(paths, record, ram, { file: { path: snapshot, compressed: true }, ignoreShared: false }, options, diskPath);
+      vm = await this.start(paths, record, ram, { file: { path: snapshot, compressed: true }, ignoreShared: false }, options, diskPath, layers);
     } else {
-      vm = await this.start(paths, record, ram, undefined, options, diskPath);
+      vm = await this.start(paths, record, ram, undefined, options, diskPath, layers);
       await this.saveBootSnapshot(vm, snapshot, options);
     }
     try {
@@ -225,7 +242,24 @@ export class QemuDriver implements VmDriver {
   async freezeDisk(running: RunningVm, nextActivePath: string): Promise<string> {
     const vm = asQemuVm(running);
     const frozen = vm.activeDisk;
-    await vm.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': nextActivePath, format: 'qcow2' });
+    if (!vm.user) {
+      await vm.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': nextActivePath, format: 'qcow2' });
+    } else {
+      // A QEMU that dropped privileges cannot create the file: it was made at boot and is inherited.
+      const index = vm.layersUsed;
+      if (vm.layers[index] !== path.resolve(nextActivePath)) {
+        throw new Error(`${vm.dir} can freeze its disk only into ${vm.layers[index] ?? 'no more files'} (its boot spec's next freezePaths), not ${nextActivePath}`);
+      }
+      const node = `layer${index}`;
+      // blockdev-snapshot-sync cannot turn locking off, and a lock taken through an fd set's
+      // descriptor outlives the QEMU's own copy: `cont` after a save then fails on it (argv.ts).
+      await vm.qmp.execute('blockdev-add', {
+        driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: `/dev/fdset/${layerFds(index).set}`, locking: 'off' }, backing: null,
+      });
+      // 'root' names the drive's current top node, however often it was frozen before.
+      await vm.qmp.execute('blockdev-snapshot', { node: 'root', overlay: node });
+      vm.layersUsed++;
+    }
     vm.activeDisk = nextActivePath;
     await Promise.all([fsyncPath(frozen), writeRuntime(vm.paths, vm.runtime())]);
     return frozen;
@@ -288,7 +322,7 @@ export class QemuDriver implements VmDriver {
       writeFileAtomic(paths.machine, JSON.stringify(record, null, 2)),
     ]);
     return this.start(paths, record, { kind: 'template-clone', path: source.ram },
-      { file: { path: source.deviceState, compressed: false }, ignoreShared: true }, options, paths.disk, true);
+      { file: { path: source.deviceState, compressed: false }, ignoreShared: true }, options, paths.disk);
   }
 
   async suspend(running: RunningVm, options: OperationOptions = {}): Promise<SuspendedVm> {
@@ -315,7 +349,7 @@ export class QemuDriver implements VmDriver {
     const record = JSON.parse(await readFile(paths.machine, 'utf8')) as MachineRecord;
     this.checkCompatible(record.qemuVersion, record.machine.accelerator, paths.dir);
     const vm = await this.start(paths, record, { kind: 'anonymous' },
-      { file: { path: paths.suspendedState, compressed: true }, ignoreShared: false }, options, paths.disk, true);
+      { file: { path: paths.suspendedState, compressed: true }, ignoreShared: false }, options, paths.disk);
     // The running VM has diverged from the saved state: keeping it would invite resuming stale state.
     await rm(paths.suspendedState, { force: true });
     return vm;
@@ -328,7 +362,7 @@ export class QemuDriver implements VmDriver {
     await vm.process.waitOrKill(5000);
     vm.qmp.close();
     releaseVmUser(vm.user);
-    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir)]);
+    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir), vm.egressRelay?.close()]);
   }
 
   /**
@@ -388,6 +422,8 @@ export class QemuDriver implements VmDriver {
     vm.qmp.close();
     vm.process.release();
     releaseVmUser(vm.user);
+    // Only MicroVMs outlive a daemon; a build VM's egress ends with the daemon that serves it.
+    vm.egressRelay?.close().catch(() => {});
   }
 
   private checkCompatible(qemuVersion: string, accelerator: Accelerator, dir: string): void {
@@ -405,7 +441,7 @@ export class QemuDriver implements VmDriver {
     incoming: { file: StateFile; ignoreShared: boolean } | undefined,
     options: StartOptions,
     diskPath = paths.disk,
-    ownUser = false,
+    layers: readonly string[] = [],
   ): Promise<QemuVm> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     await removeRuntimeFiles(paths);
@@ -414,30 +450,36 @@ export class QemuDriver implements VmDriver {
     await mkdir(paths.socketDir, { recursive: true, mode: 0o700 });
     await assertPrivate(path.dirname(paths.socketDir));
     await chmod(paths.dir, 0o700);
-    // Build VMs stay Cocoon's user: blockdev-snapshot-sync (freezeDisk) creates layer files after start-up.
-    const chroot = ownUser && canDropPrivileges() ? await chrootDir(paths.chrootDir) : undefined;
+    const chroot = canDropPrivileges() ? await chrootDir(paths.chrootDir) : undefined;
     const network = await this.createNetwork(paths, options.egress);
     // A VM's own namespace is empty: every port is free there, so each forward keeps its guest port.
     const forwards = await Promise.all(record.guestPorts.map(async (guestPort) => ({ guestPort, hostPort: network ? guestPort : await freeLoopbackPort() })));
     const user = chroot ? allocateVmUser() : undefined;
-    const argv = qemuArgv({
-      machine: record.machine, ram, diskPath, forwards,
-      qmpSocket: paths.qmpSocket, agentSocket: paths.agentSocket, serialLog: paths.serialLog, pidFile: paths.pidFile,
-      ...(incoming && { incomingSocket: paths.incomingSocket }),
-      ...(user && { runAs: user, chrootDir: chroot }),
-      ...(network && { forwardAddress: network.address, unrestricted: true }),
-    });
-    let diskFds: FileHandle[] = [];
+    const diskFds: FileHandle[] = [];
+    let egressRelay: EgressRelay | undefined;
     let proc: QemuProcess;
     try {
-      if (user) diskFds = await Promise.all([open(diskPath, 'r+'), open(diskPath, 'r')]);
+      const { egressSocket } = record.machine;
+      if (user && egressSocket) egressRelay = await this.relayEgress(paths, chroot!, user, egressSocket);
+      const argv = qemuArgv({
+        machine: record.machine, ram, diskPath, forwards,
+        qmpSocket: paths.qmpSocket, agentSocket: paths.agentSocket, serialLog: paths.serialLog, pidFile: paths.pidFile,
+        ...(incoming && { incomingSocket: paths.incomingSocket }),
+        ...(user && { runAs: user, chrootDir: chroot, layerCount: layers.length }),
+        ...(egressRelay && { egressRelay: { program: egressRelay.program, socket: egressRelay.socket } }),
+        ...(network && { forwardAddress: network.address, unrestricted: true }),
+      });
+      if (user) {
+        // In argv's order: the disk's fd set, then each layer's (fds 3, 4, 5, … as layerFds numbers them).
+        for (const file of [diskPath, ...layers]) diskFds.push(await open(file, 'r+'), await open(file, 'r'));
+      }
       proc = await QemuProcess.start(argv, {
         pidFile: paths.pidFile, stderrPath: paths.qemuStderr, ...(network && { execPrefix: this.networks!.execPrefix(network) }),
         inheritedFds: diskFds.map((handle) => handle.fd),
       });
     } catch (error) {
       releaseVmUser(user);
-      await this.removeNetwork(network, paths.dir);
+      await Promise.all([this.removeNetwork(network, paths.dir), egressRelay?.close()]);
       throw error;
     } finally {
       await Promise.all(diskFds.map((handle) => handle.close()));
@@ -476,15 +518,56 @@ export class QemuDriver implements VmDriver {
       vm.cgroup = cgroup;
       vm.user = user;
       vm.network = network;
+      if (user) vm.layers = layers;
+      vm.egressRelay = egressRelay;
       return vm;
     } catch (error) {
       agent?.close();
       qmp?.close();
       await proc.kill();
       releaseVmUser(user);
-      await Promise.all([removeCgroup(cgroup), this.removeNetwork(network, paths.dir)]);
+      await Promise.all([removeCgroup(cgroup), this.removeNetwork(network, paths.dir), egressRelay?.close()]);
       throw error;
     }
+  }
+
+  /**
+   * The egress way out of a build VM whose QEMU is chrooted as `user`: a static relay in the chroot
+   * (its guestfwd spawns one per guest connection) connects to a socket in a directory only that
+   * user can enter, and every connection accepted there is piped to `egressSocket`, the egress
+   * proxy, which applies the build policy as it does to every build VM's traffic.
+   */
+  private async relayEgress(paths: VmPaths, chroot: string, user: VmUser, egressSocket: string): Promise<EgressRelay> {
+    const relayPath = this.artifacts.egressRelayPath;
+    if (!relayPath) throw new AppError('vmm.start_failed', 'a build VM with egress needs the egress relay (npm run build:guest) to drop privileges');
+    const program = await installRelay(chroot, relayPath);
+    // Named after the VM's socket directory: one per VM, replaced when the VM starts again.
+    const dir = path.join(chroot, `${EGRESS_DIR_PREFIX}${path.basename(paths.socketDir)}`);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { mode: 0o700 });
+    const socket = path.join(dir, 'egress.sock');
+    const server = net.createServer((guest) => {
+      const proxy = net.connect(egressSocket);
+      const end = (): void => { guest.destroy(); proxy.destroy(); };
+      guest.on('error', end).on('close', end);
+      proxy.on('error', end).on('close', end);
+      guest.pipe(proxy);
+      proxy.pipe(guest);
+    });
+    const close = async (): Promise<void> => {
+      server.close();
+      await rm(dir, { recursive: true, force: true });
+    };
+    try {
+      server.listen(socket);
+      await once(server, 'listening');
+      await chown(socket, user.uid, user.gid);
+      await chown(dir, user.uid, user.gid);
+    } catch (error) {
+      await close();
+      throw error;
+    }
+    return { program: path.join('/', path.relative(chroot, program)), socket: path.join('/', path.relative(chroot, socket)), close };
   }
 
   /** Puts the QEMU of a VM with limits into its own cgroup; undefined without limits or cgroups. */
@@ -548,7 +631,7 @@ export class QemuDriver implements VmDriver {
     await vm.process.waitOrKill(5000);
     vm.qmp.close();
     releaseVmUser(vm.user);
-    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir)]);
+    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir), vm.egressRelay?.close()]);
   }
 
   /** A namespace for a VM with `internet` egress; undefined for `none` (restricted user-mode networking). */
@@ -642,7 +725,7 @@ async function assertPrivate(dir: string): Promise<void> {
 async function chrootDir(dir: string): Promise<string> {
   await mkdir(path.join(dir, 'etc'), { recursive: true });
   await chmod(dir, 0o711);
-  await sweepStaleSaveDirs(dir);
+  await Promise.all([sweepStaleSaveDirs(dir), sweepStaleEgressDirs(dir)]);
   const resolvConf = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
   const copy = path.join(dir, 'etc', 'resolv.conf');
   if (await readFile(copy, 'utf8').catch(() => undefined) !== resolvConf) {
@@ -651,6 +734,49 @@ async function chrootDir(dir: string): Promise<string> {
     await rename(temp, copy);
   }
   return dir;
+}
+
+interface EgressRelay {
+  /** The relay program and the socket it connects to, as the chrooted QEMU sees them. */
+  program: string;
+  socket: string;
+  close(): Promise<void>;
+}
+
+const EGRESS_DIR_PREFIX = 'cocoon-egress-';
+/** A directory this old whose socket nobody serves was left by a daemon that died while its build ran. */
+const STALE_EGRESS_DIR_MS = 60_000;
+
+/**
+ * Puts the relay into the chroot under a name of its content (root's, 0755: VM users may run it,
+ * not change it), so daemons of different versions sharing the chroot never swap it under each other.
+ */
+async function installRelay(chroot: string, relayPath: string): Promise<string> {
+  const content = await readFile(relayPath);
+  const target = path.join(chroot, `cocoon-egress-relay-${createHash('sha256').update(content).digest('hex').slice(0, 16)}`);
+  if (await stat(target).then((info) => info.size === content.length, () => false)) return target;
+  const temp = `${target}.tmp-${randomUUID()}`;
+  await copyFile(relayPath, temp);
+  await chmod(temp, 0o755);
+  await rename(temp, target);
+  return target;
+}
+
+/** Removes the egress directories of build VMs whose daemon died: nothing listens on their socket any more. */
+async function sweepStaleEgressDirs(chroot: string): Promise<void> {
+  const cutoff = Date.now() - STALE_EGRESS_DIR_MS;
+  for (const name of await readdir(chroot)) {
+    if (!name.startsWith(EGRESS_DIR_PREFIX)) continue;
+    const dir = path.join(chroot, name);
+    const info = await stat(dir).catch(() => undefined);
+    if (!info || info.mtimeMs >= cutoff) continue;
+    const served = await new Promise<boolean>((resolve) => {
+      const probe = net.connect(path.join(dir, 'egress.sock'));
+      probe.once('connect', () => { probe.destroy(); resolve(true); });
+      probe.once('error', () => resolve(false));
+    });
+    if (!served) await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** After its QEMU exited. A group the kernel does not let go of yet stays empty; the VM's next start reuses it. */
