@@ -231,8 +231,11 @@ describe('a build VM\'s QEMU', () => {
         assert.match(relay!.argv[0]!, /^\/cocoon-egress-relay-[0-9a-f]{16}$/);
         assert.equal(relay!.root, chroot);
         assert.equal(relay!.status.Uid, qemu!.status.Uid);
-        // Its socket directory is gone with the build VM.
-        assert.deepEqual((await readdir(chroot)).filter((name) => name.startsWith('cocoon-egress-') && !name.startsWith('cocoon-egress-relay-')), []);
+        // The relay's socket directory (named after the VM's socket directory) went with the build VM.
+        const serial = /path=([^,]+\/serial\.log)/.exec(qemu!.argv.join(' '))![1]!;
+        const socketDirName = path.basename(vmPaths(path.dirname(serial)).socketDir);
+        assert.match(relay!.argv[1]!, new RegExp(`^/cocoon-build-egress-${socketDirName}/egress\\.sock$`));
+        assert.ok(!(await readdir(chroot)).includes(`cocoon-build-egress-${socketDirName}`));
       } else {
         assert.equal(uid, process.getuid!());
         assert.ok(!qemu!.argv.includes('-runas') && !qemu!.argv.includes('-chroot'));

@@ -4,9 +4,7 @@
  * (state-streams.ts).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { chmod, chown, copyFile, lstat, mkdir, open, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
-import { once } from 'node:events';
-import net from 'node:net';
+import { chmod, lstat, mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,6 +21,7 @@ import type {
 } from '../driver.ts';
 import { kernelCmdline, layerFds, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
 import { qemuCommandLine, QemuProcess, QEMU_BINARY } from './process.ts';
+import { startEgressRelay, sweepStaleEgressDirs, type EgressRelay } from './egress-relay.ts';
 import { OverlayPool } from './overlays.ts';
 import { QmpClient } from './qmp.ts';
 import { receiveState, sendState, sweepStaleSaveDirs, type StateFile } from './state-streams.ts';
@@ -531,43 +530,12 @@ export class QemuDriver implements VmDriver {
     }
   }
 
-  /**
-   * The egress way out of a build VM whose QEMU is chrooted as `user`: a static relay in the chroot
-   * (its guestfwd spawns one per guest connection) connects to a socket in a directory only that
-   * user can enter, and every connection accepted there is piped to `egressSocket`, the egress
-   * proxy, which applies the build policy as it does to every build VM's traffic.
-   */
+  /** A build VM's egress when its QEMU is chrooted as `user` (egress-relay.ts). */
   private async relayEgress(paths: VmPaths, chroot: string, user: VmUser, egressSocket: string): Promise<EgressRelay> {
     const relayPath = this.artifacts.egressRelayPath;
     if (!relayPath) throw new AppError('vmm.start_failed', 'a build VM with egress needs the egress relay (npm run build:guest) to drop privileges');
-    const program = await installRelay(chroot, relayPath);
-    // Named after the VM's socket directory: one per VM, replaced when the VM starts again.
-    const dir = path.join(chroot, `${EGRESS_DIR_PREFIX}${path.basename(paths.socketDir)}`);
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(dir, { mode: 0o700 });
-    const socket = path.join(dir, 'egress.sock');
-    const server = net.createServer((guest) => {
-      const proxy = net.connect(egressSocket);
-      const end = (): void => { guest.destroy(); proxy.destroy(); };
-      guest.on('error', end).on('close', end);
-      proxy.on('error', end).on('close', end);
-      guest.pipe(proxy);
-      proxy.pipe(guest);
-    });
-    const close = async (): Promise<void> => {
-      server.close();
-      await rm(dir, { recursive: true, force: true });
-    };
-    try {
-      server.listen(socket);
-      await once(server, 'listening');
-      await chown(socket, user.uid, user.gid);
-      await chown(dir, user.uid, user.gid);
-    } catch (error) {
-      await close();
-      throw error;
-    }
-    return { program: path.join('/', path.relative(chroot, program)), socket: path.join('/', path.relative(chroot, socket)), close };
+    // Named after the VM's socket directory: one per VM.
+    return startEgressRelay({ chroot, name: path.basename(paths.socketDir), user, relayPath, egressSocket });
   }
 
   /** Puts the QEMU of a VM with limits into its own cgroup; undefined without limits or cgroups. */
@@ -734,49 +702,6 @@ async function chrootDir(dir: string): Promise<string> {
     await rename(temp, copy);
   }
   return dir;
-}
-
-interface EgressRelay {
-  /** The relay program and the socket it connects to, as the chrooted QEMU sees them. */
-  program: string;
-  socket: string;
-  close(): Promise<void>;
-}
-
-const EGRESS_DIR_PREFIX = 'cocoon-egress-';
-/** A directory this old whose socket nobody serves was left by a daemon that died while its build ran. */
-const STALE_EGRESS_DIR_MS = 60_000;
-
-/**
- * Puts the relay into the chroot under a name of its content (root's, 0755: VM users may run it,
- * not change it), so daemons of different versions sharing the chroot never swap it under each other.
- */
-async function installRelay(chroot: string, relayPath: string): Promise<string> {
-  const content = await readFile(relayPath);
-  const target = path.join(chroot, `cocoon-egress-relay-${createHash('sha256').update(content).digest('hex').slice(0, 16)}`);
-  if (await stat(target).then((info) => info.size === content.length, () => false)) return target;
-  const temp = `${target}.tmp-${randomUUID()}`;
-  await copyFile(relayPath, temp);
-  await chmod(temp, 0o755);
-  await rename(temp, target);
-  return target;
-}
-
-/** Removes the egress directories of build VMs whose daemon died: nothing listens on their socket any more. */
-async function sweepStaleEgressDirs(chroot: string): Promise<void> {
-  const cutoff = Date.now() - STALE_EGRESS_DIR_MS;
-  for (const name of await readdir(chroot)) {
-    if (!name.startsWith(EGRESS_DIR_PREFIX)) continue;
-    const dir = path.join(chroot, name);
-    const info = await stat(dir).catch(() => undefined);
-    if (!info || info.mtimeMs >= cutoff) continue;
-    const served = await new Promise<boolean>((resolve) => {
-      const probe = net.connect(path.join(dir, 'egress.sock'));
-      probe.once('connect', () => { probe.destroy(); resolve(true); });
-      probe.once('error', () => resolve(false));
-    });
-    if (!served) await rm(dir, { recursive: true, force: true });
-  }
 }
 
 /** After its QEMU exited. A group the kernel does not let go of yet stays empty; the VM's next start reuses it. */
