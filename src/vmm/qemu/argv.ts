@@ -27,7 +27,10 @@ export interface MachineConfig {
   kernelPath: string;
   initramfsPath: string;
   kernelCmdline: string;
-  /** Host unix socket of the egress proxy; each guest connection to EGRESS_PROXY gets its own `socat`. */
+  /**
+   * Host unix socket of the egress proxy; each guest connection to EGRESS_PROXY gets its own `socat`
+   * (or, for a QEMU that drops privileges, its own relay: QemuLaunch.egressRelay).
+   */
   egressSocket?: string;
 }
 
