@@ -184,7 +184,7 @@ describe('a build VM\'s QEMU', () => {
       socketPath: path.join(dataDir, 'egress.sock'), policy: { mode: 'internet' },
       resolve: async () => [STAND_IN_PUBLIC_ADDRESS],
       connect: ({ address, port }) => {
-        assert.deepEqual([address, port], [STAND_IN_PUBLIC_ADDRESS, 80]);
+        assert.ok(address === STAND_IN_PUBLIC_ADDRESS && (port === 80 || port === 443), `dialled ${address}:${port}`);
         return net.connect(originPort, '127.0.0.1');
       },
     });
@@ -195,11 +195,15 @@ describe('a build VM\'s QEMU', () => {
         builtWith: { kernel: 'test', kernelPackageVersion: 'test', agentVersion: 'test' },
       });
       const request = 'GET http://egress-test.example/relay HTTP/1.1\\r\\nHost: egress-test.example\\r\\nConnection: close\\r\\n\\r\\n';
+      // What apt and curl do for https: a CONNECT tunnel (here with plain HTTP inside, to the same origin).
+      const connect = 'CONNECT egress-test.example:443 HTTP/1.1\\r\\nHost: egress-test.example:443\\r\\n\\r\\n';
+      const tunnelled = 'GET /tunnel HTTP/1.1\\r\\nHost: egress-test.example\\r\\nConnection: close\\r\\n\\r\\n';
       const dockerfile = [
         'FROM cocoon/tiny',
         'RUN echo first > /first',
         // The step fails (and so the build) unless the origin's answer came back through the relay.
         `RUN (printf '${request}'; sleep 5) | nc -w 10 10.0.2.100 3128 > /answer; cat /answer; grep -q 'hello from the origin, /relay' /answer`,
+        `RUN (printf '${connect}'; sleep 2; printf '${tunnelled}'; sleep 5) | nc -w 10 10.0.2.100 3128 > /tunnel; cat /tunnel; grep -q ' 200 ' /tunnel && grep -q 'hello from the origin, /tunnel' /tunnel`,
         'RUN echo third > /third',
         'CMD ["httpd", "-f", "-p", "8080"]',
       ].join('\n');
@@ -211,7 +215,7 @@ describe('a build VM\'s QEMU', () => {
       const record = await done;
       assert.equal(record.state, 'ACTIVE', `${record.stateReason}\n${lines.join('\n')}`);
 
-      assert.equal(observed.length, 1, `the origin was asked once during the build:\n${lines.join('\n')}`);
+      assert.equal(observed.length, 2, `the origin was asked twice during the build:\n${lines.join('\n')}`);
       const [qemu] = observed;
       assert.equal(qemu!.status.Seccomp, '2');
       assert.equal(qemu!.status.NoNewPrivs, '1');
@@ -244,7 +248,7 @@ describe('a build VM\'s QEMU', () => {
       // The layers made for a QEMU that reads them through inherited descriptors name their real backing files.
       const template = await builder.templateOf(record);
       const chain = JSON.parse(await run('qemu-img', ['info', '--output=json', '--backing-chain', '-U', path.join(template.dir, 'disk.qcow2')])) as Array<{ filename: string; 'backing-filename'?: string }>;
-      assert.equal(chain.length, 5, chain.map((image) => image.filename).join(' <- '));
+      assert.equal(chain.length, 6, chain.map((image) => image.filename).join(' <- '));
       for (const image of chain.slice(0, -1)) assert.match(image['backing-filename'] ?? '', new RegExp(`^${dataDir}/layers/[0-9a-f]+\\.qcow2$`));
       assert.deepEqual(qemuPidsUsing(dataDir), [], 'no QEMU of the build is left');
     } finally {

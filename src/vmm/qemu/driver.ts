@@ -38,7 +38,7 @@ const UNLIMITED_BANDWIDTH = 64 * 1024 ** 3;
  * varied guest code had filled the code cache. Its memory limit is guest RAM plus this.
  */
 export const QEMU_MEMORY_OVERHEAD_MIB = 256;
-/** Threads count as pids: vCPUs, I/O workers (up to 64), and the helpers it spawns (socat, zstd). */
+/** Threads count as pids: vCPUs, I/O workers (up to 64), and the helpers it spawns (a build VM's egress relay or socat). */
 const QEMU_PIDS_MAX = 256;
 
 /** What a VM's directory records so that a suspended VM can be started again identically. */
@@ -688,7 +688,8 @@ async function assertPrivate(dir: string): Promise<void> {
 /**
  * Inside the private socket root, so only Cocoon puts anything there; VM users may only pass
  * through. It holds the host's resolv.conf, which slirp reads when a guest with `internet` egress
- * first asks its DNS (10.0.2.3), long after the chroot, and every save's socket directory.
+ * first asks its DNS (10.0.2.3), long after the chroot, every save's socket directory, and the
+ * build egress relay with each build VM's egress socket directory (egress-relay.ts).
  */
 async function chrootDir(dir: string): Promise<string> {
   await mkdir(path.join(dir, 'etc'), { recursive: true });
