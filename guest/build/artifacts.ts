@@ -48,6 +48,8 @@ export interface GuestArtifacts {
   initramfsPath: string;
   rootfs: { tiny: string; debian?: string };
   manifest: GuestManifest;
+  /** Host helper (static): a build VM's guestfwd runs it inside QEMU's chroot to reach the egress proxy. */
+  egressRelayPath: string;
 }
 
 export interface EnsureGuestArtifactsOptions {
@@ -144,6 +146,7 @@ export async function ensureGuestArtifacts(options: EnsureGuestArtifactsOptions 
         ...(debian ? { debian: join(outDir, FILES['rootfs-debian']) } : {}),
       },
       manifest,
+      egressRelayPath: agent.egressRelayPath,
     };
   } finally {
     await release();
@@ -162,13 +165,14 @@ async function readManifest(outDir: string): Promise<GuestManifest | undefined> 
 interface AgentBinaries {
   agentPath: string;
   testappPath: string;
+  egressRelayPath: string;
   agentSha256: string;
   testappSha256: string;
   version: string | null;
   protocolVersion: number | null;
 }
 
-/** Runs the agent's make (a no-op when up to date) and checks both binaries are static ELF files. */
+/** Runs the agent's make (a no-op when up to date) and checks its binaries are static ELF files. */
 async function buildAgent(agentDir: string, signal?: AbortSignal): Promise<AgentBinaries> {
   const step = 'agent';
   const makefile = join(agentDir, 'Makefile');
@@ -178,14 +182,16 @@ async function buildAgent(agentDir: string, signal?: AbortSignal): Promise<Agent
   await run('make', ['-C', agentDir], { step, signal, timeoutMs: 300_000 });
   const agentPath = join(agentDir, 'out', 'cocoon-agent');
   const testappPath = join(agentDir, 'out', 'cocoon-testapp');
-  for (const path of [agentPath, testappPath]) {
+  const egressRelayPath = join(agentDir, 'out', 'cocoon-egress-relay');
+  for (const path of [agentPath, testappPath, egressRelayPath]) {
     const facts = await inspectElfFile(path).catch((error: unknown) => ({ error: (error as Error).message, static: false }));
     if (facts.error !== undefined) throw new GuestBuildError(step, `${path}: ${facts.error} (make -C guest/agent did not produce it?)`);
-    if (!facts.static) throw new GuestBuildError(step, `${path} is dynamically linked: the guest has no libc to load it with`);
+    if (!facts.static) throw new GuestBuildError(step, `${path} is dynamically linked: the guest (or QEMU's chroot) has no libc to load it with`);
   }
   return {
     agentPath,
     testappPath,
+    egressRelayPath,
     agentSha256: await sha256File(agentPath),
     testappSha256: await sha256File(testappPath),
     ...(await readAgentVersions(agentDir)),

@@ -1,7 +1,8 @@
 /**
  * Cocoon's egress proxy: the one way out of a guest that runs user-mode networking with
  * `restrict=on`. QEMU's `guestfwd=…-cmd:socat - UNIX-CONNECT:<socketPath>` turns every guest
- * connection to 10.0.2.100:3128 into a connection to the unix socket served here.
+ * connection to 10.0.2.100:3128 into a connection to the unix socket served here (a QEMU that
+ * dropped privileges runs a relay to a socket in its chroot instead, which the VM driver pipes here).
  *
  * It speaks HTTP/1.1 proxy (CONNECT tunnels and absolute-form plain HTTP), resolves names itself,
  * refuses forbidden ranges and policy misses before dialling, and dials only the vetted address.

@@ -18,7 +18,8 @@ export interface VmPaths {
   incomingSocket: string;
   /**
    * The directory QEMUs running as VM users chroot into, shared by all VMs: it holds nothing but
-   * `etc/resolv.conf` and each saving VM's socket, in a directory only that VM's QEMU can enter.
+   * `etc/resolv.conf`, the build egress relay, and each saving VM's socket and each build VM's
+   * egress socket, in a directory only that VM's QEMU can enter.
    */
   chrootDir: string;
   serialLog: string;

@@ -261,6 +261,17 @@ export class ImageBuilder {
     return firstMiss;
   }
 
+  /**
+   * The files a VM that runs steps from `first` on freezes its disk into, in order: one layer per
+   * later step, then `afterLast`. Unfinished layers among them are discarded now, before the VM
+   * boots: the driver creates them all at boot (a QEMU that dropped privileges cannot create them
+   * later), so a discard during the build would delete a file the VM is about to write.
+   */
+  private async freezePaths(steps: readonly Step[], first: number, afterLast: string): Promise<string[]> {
+    for (const step of steps.slice(first)) await this.layers.discardUnfinished(step.cacheKey);
+    return [...steps.slice(first + 1).map((step) => this.layers.pathOf(step.cacheKey)), afterLast];
+  }
+
   /** Runs steps from `first` on, freezing one layer per step; after the last, the VM writes to `afterLast`. */
   private async runSteps(build: BuildRun, vm: RunningVm, steps: readonly Step[], first: number, afterLast: string): Promise<void> {
     for (let j = first; j < steps.length; j++) {
@@ -271,7 +282,6 @@ export class ImageBuilder {
       await this.runStep(build, vm, step, label);
       await vm.agent.sync();
       const next = steps[j + 1];
-      if (next) await this.layers.discardUnfinished(next.cacheKey);
       await this.deps.driver.freezeDisk(vm, next ? this.layers.pathOf(next.cacheKey) : afterLast);
       await this.layers.markDone(step.cacheKey, { parent: step.parentKey, description: label });
       build.log.line(`  done in ${((Date.now() - stepStarted) / 1000).toFixed(1)} s`);
@@ -292,17 +302,18 @@ export class ImageBuilder {
       if (step.kind === 'copy' && step.sources.some((s) => s.from === 'stage')) await this.stageExport(build, step);
     }
 
-    await this.layers.discardUnfinished(steps[firstMiss]!.cacheKey);
     log.line(`booting the build VM${stage.name ? ` for stage ${stage.name}` : ''}`);
     const vmDir = path.join(build.workDir, `build-${stage.index}`);
+    const scratch = path.join(vmDir, 'scratch.qcow2');
     const vm = await this.deps.driver.boot({
       dir: vmDir, hostname: 'cocoon-build', ...BUILD_VM_SHAPE, guestPorts: [], templateSource: false,
       rootDisk: { kind: 'overlay', backingPath: this.layers.pathOf(steps[firstMiss]!.parentKey), activePath: this.layers.pathOf(steps[firstMiss]!.cacheKey) },
+      freezePaths: await this.freezePaths(steps, firstMiss, scratch),
       egressSocket: this.deps.egressSocket,
     });
     build.live.add(vm);
     try {
-      await this.runSteps(build, vm, steps, firstMiss, path.join(vmDir, 'scratch.qcow2'));
+      await this.runSteps(build, vm, steps, firstMiss, scratch);
     } finally {
       build.live.delete(vm);
       await this.deps.driver.stop(vm);
@@ -380,7 +391,7 @@ export class ImageBuilder {
     const final = build.plan.stages[build.plan.finalStage]!;
     const firstMiss = await this.firstUncached(build, steps);
     const pending = firstMiss < steps.length ? steps[firstMiss]! : undefined;
-    if (pending) await this.layers.discardUnfinished(pending.cacheKey);
+    const templateDisk = templatePaths(templateDir).disk;
     const size = sizeOf(record.memoryMiB);
     const vm = await this.deps.driver.boot({
       dir: templateDir, hostname: 'cocoon', memoryMiB: size.memoryMiB, vcpus: guestVcpus(size, os.availableParallelism()),
@@ -390,9 +401,10 @@ export class ImageBuilder {
       rootDisk: pending
         ? { kind: 'overlay', backingPath: this.layers.pathOf(pending.parentKey), activePath: this.layers.pathOf(pending.cacheKey) }
         : { kind: 'overlay', backingPath: this.layers.pathOf(final.resultKey) },
+      ...(pending && { freezePaths: await this.freezePaths(steps, firstMiss, templateDisk) }),
     });
     live.add(vm);
-    await this.runSteps(build, vm, steps, firstMiss, templatePaths(templateDir).disk);
+    await this.runSteps(build, vm, steps, firstMiss, templateDisk);
     await growRootDisk(this.deps.driver, vm, size, log);
     log.line(`starting the app: ${JSON.stringify(runtime.argv)} (app port ${record.appPort}, hooks port ${record.hooksPort})`);
     vm.agent.on('app-output', (_stream, chunk) => log.output(chunk));

@@ -76,7 +76,7 @@ export async function startEngine(options: { config?: Config; debian?: boolean; 
  * place: VMs boot from content-addressed copies under the data directory instead (hard links when
  * possible), which never change.
  */
-async function pinBootFiles(artifacts: GuestArtifacts, dir: string): Promise<{ kernelPath: string; initramfsPath: string }> {
+async function pinBootFiles(artifacts: GuestArtifacts, dir: string): Promise<{ kernelPath: string; initramfsPath: string; egressRelayPath: string }> {
   const pin = async (source: string, sha256: string | undefined, name: string): Promise<string> => {
     if (!sha256) throw new Error(`the guest manifest has no sha256 for ${name}`);
     const target = path.join(dir, `${sha256.slice(0, 16)}-${name}`);
@@ -91,6 +91,8 @@ async function pinBootFiles(artifacts: GuestArtifacts, dir: string): Promise<{ k
   return {
     kernelPath: await pin(artifacts.kernelPath, manifest.artifacts.vmlinux?.sha256, 'vmlinux'),
     initramfsPath: await pin(artifacts.initramfsPath, manifest.artifacts.initramfs?.sha256, 'initramfs.cpio'),
+    // Copied into QEMU's chroot by name of its content (driver.ts): no pinned copy needed.
+    egressRelayPath: artifacts.egressRelayPath,
   };
 }
 

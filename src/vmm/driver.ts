@@ -12,6 +12,11 @@ export type { Accelerator, EgressAllowRule, EgressMode, EgressSpec, HostForward,
 export interface GuestArtifacts {
   kernelPath: string;
   initramfsPath: string;
+  /**
+   * Static helper that a build VM's guestfwd runs inside QEMU's chroot to reach `egressSocket`
+   * (guest/agent/egress-relay.c); without it, such VMs cannot drop privileges.
+   */
+  egressRelayPath?: string;
 }
 
 export interface VmShape {
@@ -43,6 +48,12 @@ export interface BootSpec extends VmShape {
   hostname: string;
   /** Unix socket of an egress proxy (guest sees it at 10.0.2.100:3128); without it nothing leaves. */
   egressSocket?: string;
+  /**
+   * The files `freezeDisk` will move the VM's disk into, in order (an image build's layers). They
+   * are created (each backed by the one before) and opened before QEMU starts, because a QEMU that
+   * dropped privileges can no longer create or open files by path.
+   */
+  freezePaths?: readonly string[];
   /** Boot with RAM in a shared file so that the VM can become a template snapshot. */
   templateSource: boolean;
 }
@@ -113,7 +124,8 @@ export interface VmDriver {
   launch(template: TemplateSnapshot, dir: string, options?: StartOptions): Promise<RunningVm>;
   /**
    * Makes the VM's current disk file read-only and continues on a new overlay at `nextActivePath`
-   * (a layer of an image build). Returns the frozen file's path. Sync the guest first.
+   * (a layer of an image build), which must be the next of the boot spec's `freezePaths`. Returns
+   * the frozen file's path. Sync the guest first.
    */
   freezeDisk(vm: RunningVm, nextActivePath: string): Promise<string>;
   /** Grows the VM's current disk to `sizeBytes` while it runs; the guest sees the new capacity (its filesystem is the guest's concern). */

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readdirSync } from 'node:fs';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,6 +29,7 @@ import { zipDirectory } from '../../src/host/zip-dir.ts';
 import { startEngine } from '../../src/main/engine.ts';
 import { qemuCommandLine, qemuPidsUsing } from '../../src/vmm/qemu/process.ts';
 import { QmpClient } from '../../src/vmm/qemu/qmp.ts';
+import { processUid } from '../../src/vmm/qemu/vm-users.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const IMAGE = 'crash-httpd';
@@ -396,16 +397,21 @@ describe('adopting a VM whose save was cut short (in process)', { timeout: TEST_
       dir, rootDisk: { kind: 'copy', rootfsPath: engine.artifacts.rootfs.tiny }, hostname: 'adopt', memoryMiB: 128, vcpus: 1, guestPorts: [], templateSource: false,
     });
     const pids = [first.pid];
-    const sinkPath = path.join(workDir, 'stalled-save.sock');
+    // A QEMU that dropped privileges (Cocoon is root) is chrooted: a daemon's save socket is in the
+    // chroot and belongs to the QEMU's uid, and so is this stand-in.
+    const uid = processUid(first.pid)!;
+    const chroot = uid === process.getuid?.() ? undefined : vmPaths(dir).chrootDir;
+    const sinkPath = chroot ? path.join(chroot, `test-stalled-save-${process.pid}.sock`) : path.join(workDir, 'stalled-save.sock');
     const sink = net.createServer({ pauseOnConnect: true }).listen(sinkPath);
     try {
       // What a daemon killed mid-suspend leaves: the VM paused, its state streaming into a sink
       // that has stopped reading (the daemon's save socket), and nobody on QMP or the agent socket.
       engine.driver.release(first);
       await once(sink, 'listening');
+      if (chroot) await chown(sinkPath, uid, uid);
       const qmp = await QmpClient.connect(vmPaths(dir).qmpSocket, { timeoutMs: 10_000 });
       await qmp.execute('stop');
-      await qmp.execute('migrate', { uri: `unix:${sinkPath}` });
+      await qmp.execute('migrate', { uri: chroot ? `unix:/${path.basename(sinkPath)}` : `unix:${sinkPath}` });
       await waitFor('an active save', async () => ((await qmp.execute<{ status?: string }>('query-migrate')).status === 'active' ? true : undefined), 20);
       qmp.close();
 
@@ -423,6 +429,7 @@ describe('adopting a VM whose save was cut short (in process)', { timeout: TEST_
     } finally {
       for (const pid of pids) if (qemuAlive(pid)) process.kill(pid, 'SIGKILL');
       sink.close();
+      await rm(sinkPath, { force: true });
       await engine.driver.idle();
     }
   });

@@ -1,20 +1,27 @@
 /**
  * QEMU hardening on real VMs (docs/security.md): every QEMU runs under its seccomp filter with no
- * monitor but QMP; as root, runtime VMs' QEMUs run chrooted as uids of their own with no
- * capabilities; a VM's files and sockets are Cocoon's alone, and one VM's QEMU user can neither
+ * monitor but QMP; as root, runtime and build VMs' QEMUs run chrooted as uids of their own with
+ * no capabilities (a build VM's egress leaves through a relay in the chroot); a VM's files and sockets are Cocoon's alone, and one VM's QEMU user can neither
  * read another VM's files nor signal its QEMU. Suspend, resume and a rolled-back save work without
  * QEMU starting any process. Root-only checks are skipped for a non-root Cocoon.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync, readlinkSync, statSync } from 'node:fs';
-import { chown, mkdtemp, rename, rm } from 'node:fs/promises';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { chown, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { loadConfig } from '../../src/config/config.ts';
+import { startEgressProxy } from '../../src/egress/index.ts';
+import { buildZip } from '../../src/images/artifact/test-zip.ts';
+import { ImageBuilder } from '../../src/images/builder.ts';
+import { run } from '../../src/host/run.ts';
+import { openStore } from '../../src/store/index.ts';
+import { qemuPidsUsing } from '../../src/vmm/qemu/process.ts';
 import { startEngine, type Engine } from '../../src/main/engine.ts';
 import { vmPaths } from '../../src/host/paths.ts';
 import { httpGet } from '../../src/host/http-probe.ts';
@@ -25,6 +32,8 @@ import { VM_UID_BASE, VM_UID_COUNT } from '../../src/vmm/qemu/vm-users.ts';
 const APP_PORT = 8080;
 const MEMORY_MIB = 128;
 const isRoot = process.getuid?.() === 0;
+/** What the stand-in resolver answers for every name: public, so the build policy lets it through. */
+const STAND_IN_PUBLIC_ADDRESS = '93.184.215.14';
 const rootOnly = { skip: isRoot ? false : 'Cocoon does not run as root: QEMU runs as its user' };
 
 let engine: Engine;
@@ -45,6 +54,20 @@ function status(pid: number): Record<string, string> {
 
 function cmdline(pid: number): string[] {
   return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+}
+
+/**
+ * Live processes that run a program of the chroot's egress relay as `uid`. Not QEMU's children:
+ * libslirp's g_spawn_async forks twice, so the relay is reparented as soon as it starts.
+ */
+function relaysRunningAs(uid: string): number[] {
+  return readdirSync('/proc').filter((name) => /^\d+$/.test(name)).map(Number).filter((pid) => {
+    try {
+      return cmdline(pid)[0]?.startsWith('/cocoon-egress-relay-') && status(pid).Uid === uid;
+    } catch {
+      return false;
+    }
+  });
 }
 
 function uidOf(vm: RunningVm): number {
@@ -133,27 +156,107 @@ describe('a runtime VM\'s QEMU', () => {
 });
 
 describe('a build VM\'s QEMU', () => {
-  test('is sandboxed too; it may spawn only for its egress guestfwd (whose socat works) and runs as Cocoon\'s user', async () => {
-    // A stand-in for the egress proxy: the guest's connection to 10.0.2.100:3128 reaches it through socat.
-    const egress = net.createServer((socket) => socket.once('data', () => socket.end('pong\n')));
-    egress.listen(path.join(workDir, 'egress.sock'));
-    await once(egress, 'listening');
-    const vm = await engine.driver.boot({
-      dir: path.join(workDir, 'build'), rootDisk: { kind: 'copy', rootfsPath: engine.artifacts.rootfs.tiny }, hostname: 'build',
-      memoryMiB: MEMORY_MIB, vcpus: 1, guestPorts: [], templateSource: false, egressSocket: path.join(workDir, 'egress.sock'),
+  test('while it runs a RUN step: sandboxed, chrooted as a uid of its own (as root), and its egress reaches the build proxy through the relay', { timeout: 900_000 }, async () => {
+    const dataDir = path.join(workDir, 'builds');
+    await mkdir(dataDir, { recursive: true });
+    const store = openStore(path.join(dataDir, 'cocoon.db'));
+    const observed: Array<{ pid: number; status: Record<string, string>; root: string; argv: string[]; relays: Array<{ status: Record<string, string>; root: string; argv: string[] }> }> = [];
+    // The origin the RUN step fetches from: on loopback, reached only through the real egress proxy
+    // (build policy) via a resolver and dialler that stand in for the internet, so nothing leaves
+    // this host. While it answers, the step is running: the build VM's QEMU is inspected then.
+    const origin = http.createServer((request, response) => {
+      try {
+        const [pid] = qemuPidsUsing(dataDir);
+        if (pid !== undefined) {
+          observed.push({
+            pid, status: status(pid), root: readlinkSync(`/proc/${pid}/root`), argv: cmdline(pid),
+            relays: relaysRunningAs(status(pid).Uid!).map((child) => ({ status: status(child), root: readlinkSync(`/proc/${child}/root`), argv: cmdline(child) })),
+          });
+        }
+      } finally {
+        response.end(`hello from the origin, ${request.url}\n`);
+      }
     });
-    running.add(vm);
-    const fields = status(vm.pid);
-    assert.equal(fields.Seccomp, '2');
-    assert.equal(uidOf(vm), process.getuid!());
-    const argv = cmdline(vm.pid);
-    assert.equal(argv[argv.indexOf('-sandbox') + 1], 'on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny');
-    assert.ok(!argv.includes('-runas') && !argv.includes('-chroot'));
-    const answer = await vm.agent.exec({ argv: ['sh', '-c', '(echo ping; sleep 3) | nc -w 10 10.0.2.100 3128'], timeoutMs: 30_000 });
-    assert.equal(answer.stdout.toString(), 'pong\n', `the guestfwd's socat did not connect: ${answer.stderr.toString()}`);
-    egress.close();
-    running.delete(vm);
-    await engine.driver.stop(vm);
+    origin.listen(0, '127.0.0.1');
+    await once(origin, 'listening');
+    const originPort = (origin.address() as net.AddressInfo).port;
+    const egress = await startEgressProxy({
+      socketPath: path.join(dataDir, 'egress.sock'), policy: { mode: 'internet' },
+      resolve: async () => [STAND_IN_PUBLIC_ADDRESS],
+      connect: ({ address, port }) => {
+        assert.ok(address === STAND_IN_PUBLIC_ADDRESS && (port === 80 || port === 443), `dialled ${address}:${port}`);
+        return net.connect(originPort, '127.0.0.1');
+      },
+    });
+    try {
+      const builder = new ImageBuilder({
+        driver: engine.driver, dataDir, images: store.images, egressSocket: egress.socketPath!,
+        baseImage: async () => ({ rootfsPath: engine.artifacts.rootfs.tiny, sha256: engine.artifacts.manifest.artifacts['rootfs-tiny']!.sha256 }),
+        builtWith: { kernel: 'test', kernelPackageVersion: 'test', agentVersion: 'test' },
+      });
+      const request = 'GET http://egress-test.example/relay HTTP/1.1\\r\\nHost: egress-test.example\\r\\nConnection: close\\r\\n\\r\\n';
+      // What apt and curl do for https: a CONNECT tunnel (here with plain HTTP inside, to the same origin).
+      const connect = 'CONNECT egress-test.example:443 HTTP/1.1\\r\\nHost: egress-test.example:443\\r\\n\\r\\n';
+      const tunnelled = 'GET /tunnel HTTP/1.1\\r\\nHost: egress-test.example\\r\\nConnection: close\\r\\n\\r\\n';
+      const dockerfile = [
+        'FROM cocoon/tiny',
+        'RUN echo first > /first',
+        // The step fails (and so the build) unless the origin's answer came back through the relay.
+        `RUN (printf '${request}'; sleep 5) | nc -w 10 10.0.2.100 3128 > /answer; cat /answer; grep -q 'hello from the origin, /relay' /answer`,
+        `RUN (printf '${connect}'; sleep 2; printf '${tunnelled}'; sleep 5) | nc -w 10 10.0.2.100 3128 > /tunnel; cat /tunnel; grep -q ' 200 ' /tunnel && grep -q 'hello from the origin, /tunnel' /tunnel`,
+        'RUN echo third > /third',
+        'CMD ["httpd", "-f", "-p", "8080"]',
+      ].join('\n');
+      const zipPath = path.join(workDir, 'egress-build.zip');
+      await writeFile(zipPath, buildZip([{ name: 'Dockerfile', data: `${dockerfile}\n` }]));
+      const admin = await store.accounts.ensureAdmin();
+      const lines: string[] = [];
+      const { done } = await builder.create(admin.account.id, { name: 'egress-build', codeArtifactUri: zipPath, memoryMiB: 128 }, (line) => lines.push(line));
+      const record = await done;
+      assert.equal(record.state, 'ACTIVE', `${record.stateReason}\n${lines.join('\n')}`);
+
+      assert.equal(observed.length, 2, `the origin was asked twice during the build:\n${lines.join('\n')}`);
+      const [qemu] = observed;
+      assert.equal(qemu!.status.Seccomp, '2');
+      assert.equal(qemu!.status.NoNewPrivs, '1');
+      const sandbox = qemu!.argv[qemu!.argv.indexOf('-sandbox') + 1];
+      assert.equal(sandbox, 'on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny');
+      const uid = Number(qemu!.status.Uid!.split(/\s+/)[0]);
+      if (isRoot) {
+        assert.ok(uid >= VM_UID_BASE && uid < VM_UID_BASE + VM_UID_COUNT && uid !== process.getuid!(), `QEMU runs as uid ${uid}`);
+        assert.equal(new Set(qemu!.status.Uid!.split(/\s+/)).size, 1, qemu!.status.Uid);
+        assert.equal(qemu!.status.CapEff, '0000000000000000');
+        assert.equal(qemu!.status.CapPrm, '0000000000000000');
+        const chroot = vmPaths(workDir).chrootDir;
+        assert.equal(qemu!.root, chroot);
+        // The guestfwd spawned the relay (not socat), which runs in the same chroot as the same uid.
+        assert.equal(qemu!.relays.length, 1, JSON.stringify(qemu!.relays));
+        const [relay] = qemu!.relays;
+        assert.match(relay!.argv[0]!, /^\/cocoon-egress-relay-[0-9a-f]{16}$/);
+        assert.equal(relay!.root, chroot);
+        assert.equal(relay!.status.Uid, qemu!.status.Uid);
+        // The relay's socket directory (named after the VM's socket directory) went with the build VM.
+        const serial = /path=([^,]+\/serial\.log)/.exec(qemu!.argv.join(' '))![1]!;
+        const socketDirName = path.basename(vmPaths(path.dirname(serial)).socketDir);
+        assert.match(relay!.argv[1]!, new RegExp(`^/cocoon-build-egress-${socketDirName}/egress\\.sock$`));
+        assert.ok(!(await readdir(chroot)).includes(`cocoon-build-egress-${socketDirName}`));
+      } else {
+        assert.equal(uid, process.getuid!());
+        assert.ok(!qemu!.argv.includes('-runas') && !qemu!.argv.includes('-chroot'));
+        assert.match(qemu!.argv.join(' '), /cmd:socat - UNIX-CONNECT:/);
+      }
+      // The layers made for a QEMU that reads them through inherited descriptors name their real backing files.
+      const template = await builder.templateOf(record);
+      const chain = JSON.parse(await run('qemu-img', ['info', '--output=json', '--backing-chain', '-U', path.join(template.dir, 'disk.qcow2')])) as Array<{ filename: string; 'backing-filename'?: string }>;
+      assert.equal(chain.length, 6, chain.map((image) => image.filename).join(' <- '));
+      for (const image of chain.slice(0, -1)) assert.match(image['backing-filename'] ?? '', new RegExp(`^${dataDir}/layers/[0-9a-f]+\\.qcow2$`));
+      assert.deepEqual(qemuPidsUsing(dataDir), [], 'no QEMU of the build is left');
+    } finally {
+      for (const pid of qemuPidsUsing(dataDir)) process.kill(pid, 'SIGKILL');
+      await egress.close();
+      origin.close();
+      store.close();
+    }
   });
 });
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { kernelCmdline, qemuArgv, tscKhzFromCpuinfo, type QemuLaunch } from './argv.ts';
+import { kernelCmdline, layerFds, qemuArgv, tscKhzFromCpuinfo, type QemuLaunch } from './argv.ts';
 
 const base: QemuLaunch = {
   machine: { accelerator: 'tcg', memoryMiB: 256, vcpus: 1, kernelPath: '/k', initramfsPath: '/i', kernelCmdline: 'console=ttyS0' },
@@ -71,6 +71,27 @@ test('QEMU may spawn only for the egress guestfwd, and raises no privileges unle
   // -runas calls setuid after the filter is installed: denying it would kill QEMU.
   assert.match(dropped[dropped.indexOf('-sandbox') + 1]!, /elevateprivileges=allow,spawn=deny/);
   assert.ok(!qemuArgv(base).includes('-runas') && !qemuArgv({ ...base, chrootDir: '/run/empty' }).includes('-chroot'));
+});
+
+test('a build VM that drops privileges inherits its later layers as fd sets and reaches the egress proxy through the relay in its chroot', () => {
+  const egressSocket = '/data/egress/build.sock';
+  const machine = { ...base.machine, egressSocket };
+  const build = qemuArgv({
+    ...base, machine, runAs: { uid: 2000000007, gid: 2000000007 }, chrootDir: '/run/chroot', layerCount: 2,
+    egressRelay: { program: '/cocoon-egress-relay-0123456789abcdef', socket: '/cocoon-egress-abc/egress.sock' },
+  });
+  const addFds = build.flatMap((arg, i) => (build[i - 1] === '-add-fd' ? [arg] : []));
+  assert.deepEqual(addFds, ['fd=3,set=1', 'fd=4,set=1', 'fd=5,set=2', 'fd=6,set=2', 'fd=7,set=3', 'fd=8,set=3']);
+  assert.deepEqual([layerFds(0), layerFds(1)], [{ set: 2, readWrite: 5, readOnly: 6 }, { set: 3, readWrite: 7, readOnly: 8 }]);
+  const netdev = build[build.indexOf('-netdev') + 1]!;
+  assert.match(netdev, /,guestfwd=tcp:10\.0\.2\.100:3128-cmd:\/cocoon-egress-relay-0123456789abcdef \/cocoon-egress-abc\/egress\.sock$/);
+  assert.doesNotMatch(build.join(' '), /socat/);
+  assert.equal(build[build.indexOf('-sandbox') + 1], 'on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny');
+  // Without privileges to drop: socat to the proxy's own socket, and no layer fd sets.
+  const own = qemuArgv({ ...base, machine, layerCount: 2 });
+  assert.match(own[own.indexOf('-netdev') + 1]!, /-cmd:socat - UNIX-CONNECT:\/data\/egress\/build\.sock$/);
+  assert.ok(!own.includes('-add-fd'));
+  assert.throws(() => qemuArgv({ ...base, machine, runAs: { uid: 2000000007, gid: 2000000007 }, chrootDir: '/c', egressRelay: { program: '/r', socket: '/a b' } }), RangeError);
 });
 
 test('KVM uses the host CPU; TCG caps its code cache and uses multi-threading only with several vCPUs', () => {

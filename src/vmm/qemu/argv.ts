@@ -27,7 +27,10 @@ export interface MachineConfig {
   kernelPath: string;
   initramfsPath: string;
   kernelCmdline: string;
-  /** Host unix socket of the egress proxy; each guest connection to EGRESS_PROXY gets its own `socat`. */
+  /**
+   * Host unix socket of the egress proxy; each guest connection to EGRESS_PROXY gets its own `socat`
+   * (or, for a QEMU that drops privileges, its own relay: QemuLaunch.egressRelay).
+   */
   egressSocket?: string;
 }
 
@@ -63,6 +66,18 @@ export interface QemuLaunch {
   runAs?: VmUser;
   /** With `runAs`: the directory QEMU chroots into before it drops privileges (it opens no file later). */
   chrootDir?: string;
+  /**
+   * With `runAs`: how many later disk layers QEMU inherits (layerFds), for `freezeDisk` to add as
+   * nodes over their fd sets once the guest has written the layer before.
+   */
+  layerCount?: number;
+  /**
+   * With `chrootDir` and an `egressSocket`: the guestfwd runs this static relay instead of socat,
+   * both paths as seen inside the chroot. libslirp splits the `cmd:` string into argv itself
+   * (g_shell_parse_argv, no shell) and spawns it per guest connection after QEMU has chrooted and
+   * dropped privileges: socat and the host's socket are out of its reach there.
+   */
+  egressRelay?: { program: string; socket: string };
 }
 
 /** Descriptors of the disk file that a QEMU with `runAs` inherits: opened read-write and read-only. */
@@ -74,6 +89,14 @@ export const DISK_FDS = { readWrite: 3, readOnly: 4 } as const;
  * get write lock"). Each VM's disk is its own file and Cocoon runs one QEMU per VM directory.
  */
 const FDSET_NO_LOCKING = 'file.locking=off';
+
+/**
+ * Descriptors and fd set of the `index`-th (from 0) later layer of a QEMU with `runAs`: after the
+ * disk's own set 1 (fds 3 and 4), each layer has a set of its own, opened read-write and read-only.
+ */
+export function layerFds(index: number): { set: number; readWrite: number; readOnly: number } {
+  return { set: 2 + index, readWrite: DISK_FDS.readOnly + 1 + 2 * index, readOnly: DISK_FDS.readOnly + 2 + 2 * index };
+}
 
 export const AGENT_PORT_NAME = 'cocoon.agent';
 
@@ -90,10 +113,11 @@ export function qemuArgv(launch: QemuLaunch): string[] {
     ? ['-accel', 'kvm', '-cpu', 'host']
     : ['-accel', `tcg,tb-size=${TCG_CODE_CACHE_MIB}${machine.vcpus > 1 ? ',thread=multi' : ''}`, '-cpu', 'max'];
   const forwards = launch.forwards.map((f) => `,hostfwd=tcp:${launch.forwardAddress ?? '127.0.0.1'}:${f.hostPort}-:${f.guestPort}`).join('');
-  if (machine.egressSocket) assertShellSafe(machine.egressSocket);
-  const egress = machine.egressSocket
-    ? `,guestfwd=tcp:${EGRESS_PROXY.address}:${EGRESS_PROXY.port}-cmd:socat - UNIX-CONNECT:${machine.egressSocket}`
-    : '';
+  const relay = machine.egressSocket && launch.egressRelay;
+  for (const file of relay ? [relay.program, relay.socket] : machine.egressSocket ? [machine.egressSocket] : []) assertShellSafe(file);
+  const egressCommand = relay ? `${relay.program} ${relay.socket}` : `socat - UNIX-CONNECT:${machine.egressSocket}`;
+  const egress = machine.egressSocket ? `,guestfwd=tcp:${EGRESS_PROXY.address}:${EGRESS_PROXY.port}-cmd:${egressCommand}` : '';
+  const layers = launch.runAs ? Array.from({ length: launch.layerCount ?? 0 }, (_, i) => layerFds(i)) : [];
   return [
     '-name', 'cocoon',
     '-M', 'microvm,rtc=on,memory-backend=mem',
@@ -108,6 +132,7 @@ export function qemuArgv(launch: QemuLaunch): string[] {
     '-initrd', machine.initramfsPath,
     '-append', machine.kernelCmdline,
     ...(launch.runAs ? ['-add-fd', `fd=${DISK_FDS.readWrite},set=1`, '-add-fd', `fd=${DISK_FDS.readOnly},set=1`] : []),
+    ...layers.flatMap((fds) => ['-add-fd', `fd=${fds.readWrite},set=${fds.set}`, '-add-fd', `fd=${fds.readOnly},set=${fds.set}`]),
     '-drive', `id=root,${launch.runAs ? `file=/dev/fdset/1,${FDSET_NO_LOCKING}` : `file=${launch.diskPath}`},format=qcow2,if=none,cache=writeback,discard=unmap`,
     '-device', 'virtio-blk-device,drive=root',
     // restrict=on: the guest cannot open connections out of user-mode networking (10.0.2.2 would
@@ -130,7 +155,7 @@ export function qemuArgv(launch: QemuLaunch): string[] {
 
 /**
  * QEMU's seccomp filter. Migration streams go through sockets that Cocoon serves, so QEMU needs to
- * start no process, except for the egress `guestfwd` (one `socat` per guest connection).
+ * start no process, except for the egress `guestfwd` (one socat or relay per guest connection).
  * `-runas` calls setuid/setgid after the filter is in place, so privileges can only be denied
  * without it; with it, QEMU ends up with no capabilities and no_new_privs (checked by the
  * hardening test), so it cannot raise them again either.

@@ -19,8 +19,9 @@ import type { EgressSpec, NetworkNamespaces, VmNetwork } from '../netns.ts';
 import type {
   BootSpec, GuestArtifacts, HostLimits, LimitsEnforcement, OperationOptions, RunningVm, StartOptions, SuspendedVm, TemplateSnapshot, VmDriver,
 } from '../driver.ts';
-import { kernelCmdline, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
+import { kernelCmdline, layerFds, qemuArgv, tscKhzFromCpuinfo, type Accelerator, type HostForward, type MachineConfig, type RamBacking } from './argv.ts';
 import { qemuCommandLine, QemuProcess, QEMU_BINARY } from './process.ts';
+import { startEgressRelay, sweepStaleEgressDirs, type EgressRelay } from './egress-relay.ts';
 import { OverlayPool } from './overlays.ts';
 import { QmpClient } from './qmp.ts';
 import { receiveState, sendState, sweepStaleSaveDirs, type StateFile } from './state-streams.ts';
@@ -37,7 +38,7 @@ const UNLIMITED_BANDWIDTH = 64 * 1024 ** 3;
  * varied guest code had filled the code cache. Its memory limit is guest RAM plus this.
  */
 export const QEMU_MEMORY_OVERHEAD_MIB = 256;
-/** Threads count as pids: vCPUs, I/O workers (up to 64), and the helpers it spawns (socat, zstd). */
+/** Threads count as pids: vCPUs, I/O workers (up to 64), and the helpers it spawns (a build VM's egress relay or socat). */
 const QEMU_PIDS_MAX = 256;
 
 /** What a VM's directory records so that a suspended VM can be started again identically. */
@@ -89,6 +90,14 @@ class QemuVm implements RunningVm {
   user: VmUser | undefined;
   /** Its network namespace, when it has `internet` egress (src/vmm/netns.ts). */
   network: VmNetwork | undefined;
+  /**
+   * With `user`: the files its disk will be frozen into, created and inherited as fd sets at start
+   * (BootSpec.freezePaths), and how many of them are in use.
+   */
+  layers: readonly string[] = [];
+  layersUsed = 0;
+  /** With `user` and egress: the listener in its chroot that its guestfwd's relay connects to. */
+  egressRelay: EgressRelay | undefined;
 
   get hostAddress(): string {
     return this.network?.address ?? '127.0.0.1';
@@ -164,6 +173,13 @@ export class QemuDriver implements VmDriver {
     await (spec.rootDisk.kind === 'copy'
       ? run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', spec.rootDisk.rootfsPath, diskPath])
       : run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', spec.rootDisk.backingPath, '-F', 'qcow2', diskPath]));
+    // Without dropping privileges QEMU creates each layer itself when it freezes the disk (blockdev-snapshot-sync).
+    const layers = canDropPrivileges() ? (spec.freezePaths ?? []).map((file) => path.resolve(file)) : [];
+    // In chain order, each backed by the real path of the one before: the headers name the files
+    // that later builds open from the layer cache, not the fd sets this QEMU reads them through.
+    for (const [i, layer] of layers.entries()) {
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', i === 0 ? path.resolve(diskPath) : layers[i - 1]!, '-F', 'qcow2', layer]);
+    }
     const record: MachineRecord = {
       machine: {
         accelerator: this.accelerator,
@@ -180,14 +196,14 @@ export class QemuDriver implements VmDriver {
     };
     await writeFileAtomic(paths.machine, JSON.stringify(record, null, 2));
     const ram: RamBacking = spec.templateSource ? { kind: 'template-source', path: paths.templateRam } : { kind: 'anonymous' };
-    if (!this.bootSnapshotDir) return this.start(paths, record, ram, undefined, options, diskPath);
+    if (!this.bootSnapshotDir) return this.start(paths, record, ram, undefined, options, diskPath, layers);
 
     const snapshot = path.join(this.bootSnapshotDir, `${bootSnapshotKey(record)}.zst`);
     let vm: QemuVm;
     if (await stat(snapshot).then(() => true, () => false)) {
-      vm = await this.start(paths, record, ram, { file: { path: snapshot, compressed: true }, ignoreShared: false }, options, diskPath);
+      vm = await this.start(paths, record, ram, { file: { path: snapshot, compressed: true }, ignoreShared: false }, options, diskPath, layers);
     } else {
-      vm = await this.start(paths, record, ram, undefined, options, diskPath);
+      vm = await this.start(paths, record, ram, undefined, options, diskPath, layers);
       await this.saveBootSnapshot(vm, snapshot, options);
     }
     try {
@@ -225,7 +241,24 @@ export class QemuDriver implements VmDriver {
   async freezeDisk(running: RunningVm, nextActivePath: string): Promise<string> {
     const vm = asQemuVm(running);
     const frozen = vm.activeDisk;
-    await vm.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': nextActivePath, format: 'qcow2' });
+    if (!vm.user) {
+      await vm.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': nextActivePath, format: 'qcow2' });
+    } else {
+      // A QEMU that dropped privileges cannot create the file: it was made at boot and is inherited.
+      const index = vm.layersUsed;
+      if (vm.layers[index] !== path.resolve(nextActivePath)) {
+        throw new Error(`${vm.dir} can freeze its disk only into ${vm.layers[index] ?? 'no more files'} (its boot spec's next freezePaths), not ${nextActivePath}`);
+      }
+      const node = `layer${index}`;
+      // blockdev-snapshot-sync cannot turn locking off, and a lock taken through an fd set's
+      // descriptor outlives the QEMU's own copy: `cont` after a save then fails on it (argv.ts).
+      await vm.qmp.execute('blockdev-add', {
+        driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: `/dev/fdset/${layerFds(index).set}`, locking: 'off' }, backing: null,
+      });
+      // 'root' names the drive's current top node, however often it was frozen before.
+      await vm.qmp.execute('blockdev-snapshot', { node: 'root', overlay: node });
+      vm.layersUsed++;
+    }
     vm.activeDisk = nextActivePath;
     await Promise.all([fsyncPath(frozen), writeRuntime(vm.paths, vm.runtime())]);
     return frozen;
@@ -288,7 +321,7 @@ export class QemuDriver implements VmDriver {
       writeFileAtomic(paths.machine, JSON.stringify(record, null, 2)),
     ]);
     return this.start(paths, record, { kind: 'template-clone', path: source.ram },
-      { file: { path: source.deviceState, compressed: false }, ignoreShared: true }, options, paths.disk, true);
+      { file: { path: source.deviceState, compressed: false }, ignoreShared: true }, options, paths.disk);
   }
 
   async suspend(running: RunningVm, options: OperationOptions = {}): Promise<SuspendedVm> {
@@ -315,7 +348,7 @@ export class QemuDriver implements VmDriver {
     const record = JSON.parse(await readFile(paths.machine, 'utf8')) as MachineRecord;
     this.checkCompatible(record.qemuVersion, record.machine.accelerator, paths.dir);
     const vm = await this.start(paths, record, { kind: 'anonymous' },
-      { file: { path: paths.suspendedState, compressed: true }, ignoreShared: false }, options, paths.disk, true);
+      { file: { path: paths.suspendedState, compressed: true }, ignoreShared: false }, options, paths.disk);
     // The running VM has diverged from the saved state: keeping it would invite resuming stale state.
     await rm(paths.suspendedState, { force: true });
     return vm;
@@ -328,7 +361,7 @@ export class QemuDriver implements VmDriver {
     await vm.process.waitOrKill(5000);
     vm.qmp.close();
     releaseVmUser(vm.user);
-    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir)]);
+    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir), vm.egressRelay?.close()]);
   }
 
   /**
@@ -388,6 +421,8 @@ export class QemuDriver implements VmDriver {
     vm.qmp.close();
     vm.process.release();
     releaseVmUser(vm.user);
+    // Only MicroVMs outlive a daemon; a build VM's egress ends with the daemon that serves it.
+    vm.egressRelay?.close().catch(() => {});
   }
 
   private checkCompatible(qemuVersion: string, accelerator: Accelerator, dir: string): void {
@@ -405,7 +440,7 @@ export class QemuDriver implements VmDriver {
     incoming: { file: StateFile; ignoreShared: boolean } | undefined,
     options: StartOptions,
     diskPath = paths.disk,
-    ownUser = false,
+    layers: readonly string[] = [],
   ): Promise<QemuVm> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     await removeRuntimeFiles(paths);
@@ -414,30 +449,36 @@ export class QemuDriver implements VmDriver {
     await mkdir(paths.socketDir, { recursive: true, mode: 0o700 });
     await assertPrivate(path.dirname(paths.socketDir));
     await chmod(paths.dir, 0o700);
-    // Build VMs stay Cocoon's user: blockdev-snapshot-sync (freezeDisk) creates layer files after start-up.
-    const chroot = ownUser && canDropPrivileges() ? await chrootDir(paths.chrootDir) : undefined;
+    const chroot = canDropPrivileges() ? await chrootDir(paths.chrootDir) : undefined;
     const network = await this.createNetwork(paths, options.egress);
     // A VM's own namespace is empty: every port is free there, so each forward keeps its guest port.
     const forwards = await Promise.all(record.guestPorts.map(async (guestPort) => ({ guestPort, hostPort: network ? guestPort : await freeLoopbackPort() })));
     const user = chroot ? allocateVmUser() : undefined;
-    const argv = qemuArgv({
-      machine: record.machine, ram, diskPath, forwards,
-      qmpSocket: paths.qmpSocket, agentSocket: paths.agentSocket, serialLog: paths.serialLog, pidFile: paths.pidFile,
-      ...(incoming && { incomingSocket: paths.incomingSocket }),
-      ...(user && { runAs: user, chrootDir: chroot }),
-      ...(network && { forwardAddress: network.address, unrestricted: true }),
-    });
-    let diskFds: FileHandle[] = [];
+    const diskFds: FileHandle[] = [];
+    let egressRelay: EgressRelay | undefined;
     let proc: QemuProcess;
     try {
-      if (user) diskFds = await Promise.all([open(diskPath, 'r+'), open(diskPath, 'r')]);
+      const { egressSocket } = record.machine;
+      if (user && egressSocket) egressRelay = await this.relayEgress(paths, chroot!, user, egressSocket);
+      const argv = qemuArgv({
+        machine: record.machine, ram, diskPath, forwards,
+        qmpSocket: paths.qmpSocket, agentSocket: paths.agentSocket, serialLog: paths.serialLog, pidFile: paths.pidFile,
+        ...(incoming && { incomingSocket: paths.incomingSocket }),
+        ...(user && { runAs: user, chrootDir: chroot, layerCount: layers.length }),
+        ...(egressRelay && { egressRelay: { program: egressRelay.program, socket: egressRelay.socket } }),
+        ...(network && { forwardAddress: network.address, unrestricted: true }),
+      });
+      if (user) {
+        // In argv's order: the disk's fd set, then each layer's (fds 3, 4, 5, … as layerFds numbers them).
+        for (const file of [diskPath, ...layers]) diskFds.push(await open(file, 'r+'), await open(file, 'r'));
+      }
       proc = await QemuProcess.start(argv, {
         pidFile: paths.pidFile, stderrPath: paths.qemuStderr, ...(network && { execPrefix: this.networks!.execPrefix(network) }),
         inheritedFds: diskFds.map((handle) => handle.fd),
       });
     } catch (error) {
       releaseVmUser(user);
-      await this.removeNetwork(network, paths.dir);
+      await Promise.all([this.removeNetwork(network, paths.dir), egressRelay?.close()]);
       throw error;
     } finally {
       await Promise.all(diskFds.map((handle) => handle.close()));
@@ -476,15 +517,25 @@ export class QemuDriver implements VmDriver {
       vm.cgroup = cgroup;
       vm.user = user;
       vm.network = network;
+      if (user) vm.layers = layers;
+      vm.egressRelay = egressRelay;
       return vm;
     } catch (error) {
       agent?.close();
       qmp?.close();
       await proc.kill();
       releaseVmUser(user);
-      await Promise.all([removeCgroup(cgroup), this.removeNetwork(network, paths.dir)]);
+      await Promise.all([removeCgroup(cgroup), this.removeNetwork(network, paths.dir), egressRelay?.close()]);
       throw error;
     }
+  }
+
+  /** A build VM's egress when its QEMU is chrooted as `user` (egress-relay.ts). */
+  private async relayEgress(paths: VmPaths, chroot: string, user: VmUser, egressSocket: string): Promise<EgressRelay> {
+    const relayPath = this.artifacts.egressRelayPath;
+    if (!relayPath) throw new AppError('vmm.start_failed', 'a build VM with egress needs the egress relay (npm run build:guest) to drop privileges');
+    // Named after the VM's socket directory: one per VM.
+    return startEgressRelay({ chroot, name: path.basename(paths.socketDir), user, relayPath, egressSocket });
   }
 
   /** Puts the QEMU of a VM with limits into its own cgroup; undefined without limits or cgroups. */
@@ -548,7 +599,7 @@ export class QemuDriver implements VmDriver {
     await vm.process.waitOrKill(5000);
     vm.qmp.close();
     releaseVmUser(vm.user);
-    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir)]);
+    await Promise.all([removeRuntimeFiles(vm.paths), removeCgroup(vm.cgroup), this.removeNetwork(vm.network, vm.dir), vm.egressRelay?.close()]);
   }
 
   /** A namespace for a VM with `internet` egress; undefined for `none` (restricted user-mode networking). */
@@ -637,12 +688,13 @@ async function assertPrivate(dir: string): Promise<void> {
 /**
  * Inside the private socket root, so only Cocoon puts anything there; VM users may only pass
  * through. It holds the host's resolv.conf, which slirp reads when a guest with `internet` egress
- * first asks its DNS (10.0.2.3), long after the chroot, and every save's socket directory.
+ * first asks its DNS (10.0.2.3), long after the chroot, every save's socket directory, and the
+ * build egress relay with each build VM's egress socket directory (egress-relay.ts).
  */
 async function chrootDir(dir: string): Promise<string> {
   await mkdir(path.join(dir, 'etc'), { recursive: true });
   await chmod(dir, 0o711);
-  await sweepStaleSaveDirs(dir);
+  await Promise.all([sweepStaleSaveDirs(dir), sweepStaleEgressDirs(dir)]);
   const resolvConf = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
   const copy = path.join(dir, 'etc', 'resolv.conf');
   if (await readFile(copy, 'utf8').catch(() => undefined) !== resolvConf) {
