@@ -1,7 +1,7 @@
 /**
  * Adoption without a VM: `adopt` trusts no recorded pid (a dead one, another program, the QEMU of
  * another VM), stops a QEMU of its own directory that cannot be driven, and an adopted process
- * reports its exit by polling /proc. Fake QEMUs are shell loops whose argv[0] says qemu-system.
+ * reports its exit by polling /proc. Fake QEMUs are idle Node processes whose argv[0] says qemu-system.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -28,10 +28,14 @@ after(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
 
-/** A process that looks like the QEMU of `vmDir` to /proc (argv[0], its -qmp and -pidfile arguments). */
+/**
+ * A process that looks like the QEMU of `vmDir` to /proc (argv[0], its -qmp and -pidfile arguments).
+ * It never forks: a shell loop's children share its command line for an instant and were counted
+ * as QEMUs of the directory too, now and then.
+ */
 async function fakeQemu(vmDir: string): Promise<ChildProcess> {
   const paths = vmPaths(vmDir);
-  const child = spawn('sh', ['-c', 'while :; do sleep 1; done', '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`, '-pidfile', paths.pidFile], {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)', '--', '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`, '-pidfile', paths.pidFile], {
     argv0: 'qemu-system-x86_64', stdio: 'ignore',
   });
   await new Promise((resolve, reject) => child.once('spawn', resolve).once('error', reject));
