@@ -137,6 +137,8 @@ async function measure(image: string, workloads: Workload[], into: Results): Pro
     const proxyTls = tlsPaths(config.dataDir);
     const tls = config.tlsCertPath && config.tlsKeyPath ? { certPath: config.tlsCertPath, keyPath: config.tlsKeyPath } : { certPath: proxyTls.cert, keyPath: proxyTls.key };
     nginx = await startNginx({ nginxPath: tools.nginx!, prefix: path.join(workDir, `nginx-${image}`), upstreamPort: microvm.localPort, tls, workerProcesses: NGINX_WORKERS });
+    // Also on a crash (the uncaughtException handler runs the cleanups): no nginx outlives the run.
+    cleanups.push(nginx.stop);
     // Cocoon's proxy runs in this process: its CPU is ours (for direct, the idle server's background).
     const cocoonCpuMs = async (): Promise<number> => {
       const usage = process.cpuUsage();
@@ -176,7 +178,10 @@ async function measure(image: string, workloads: Workload[], into: Results): Pro
       into.set(workload.name, new Map([...runs].map(([name, figures]) => [name, medians(figures)])));
     }
   } finally {
-    await nginx?.stop();
+    if (nginx) {
+      cleanups.splice(cleanups.indexOf(nginx.stop), 1);
+      await nginx.stop();
+    }
     cleanups.splice(cleanups.indexOf(terminate), 1);
     await terminate();
   }
