@@ -1,5 +1,5 @@
 /** Unix and TCP socket helpers for talking to processes that create their sockets after they start. */
-import net from 'node:net';
+import net, { type LookupFunction } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError } from '../errors/errors.ts';
 
@@ -42,3 +42,13 @@ export function freeLoopbackPort(): Promise<number> {
     });
   });
 }
+
+/**
+ * A DNS lookup that answers 127.0.0.1 for every name: for clients of Cocoon's own endpoints
+ * (`<id>.cocoon.localhost`), whose name must still travel in SNI and Host, whatever the system's
+ * resolver makes of it. Answers both forms Node asks for (one address, or `all`).
+ */
+export const lookupLoopback: LookupFunction = (_hostname, options, callback) => {
+  if (options.all) (callback as unknown as (error: null, addresses: Array<{ address: string; family: number }>) => void)(null, [{ address: '127.0.0.1', family: 4 }]);
+  else callback(null, '127.0.0.1', 4);
+};

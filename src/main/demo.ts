@@ -14,6 +14,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { CocoonClient } from '../client/index.ts';
 import { loadConfig } from '../config/config.ts';
+import { lookupLoopback } from '../host/sockets.ts';
 import { zipDirectory } from '../host/zip-dir.ts';
 import { DEFAULT_API_PORT, startServer } from './server.ts';
 
@@ -97,7 +98,7 @@ function getThroughEndpoint(url: URL, token: string, caPath: string | undefined)
     const request = https.get(url, {
       headers: { 'x-cocoon-auth': token },
       ...(caPath !== undefined && { ca: readFileSync(caPath) }),
-      lookup: (_host, _options, callback) => callback(null, [{ address: '127.0.0.1', family: 4 }]),
+      lookup: lookupLoopback,
       timeout: 30_000,
     }, (response) => {
       let body = '';

@@ -16,11 +16,12 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { AppError } from '../errors/errors.ts';
+import { lookupLoopback } from '../host/sockets.ts';
 import { TokenService } from '../tokens/index.ts';
 import type { TrafficLease, TrafficOptions } from '../vms/manager.ts';
 import { EndpointProxy } from './server.ts';
 import {
-  ECHO_SERVICE, echoClient, grpcChat, grpcUnary, metadataOf, nextMessage, openWebSocket, requestH1, requestH2, toLoopback, type Endpoint,
+  ECHO_SERVICE, echoClient, grpcChat, grpcUnary, metadataOf, nextMessage, openWebSocket, requestH1, requestH2, type Endpoint,
 } from './test-support.ts';
 import { ensureProxyTls } from './tls.ts';
 
@@ -134,7 +135,7 @@ describe('HTTP/1.1 and HTTP/2', () => {
     const h1 = await plainRequest(h2cPort, `${VM}.${DOMAIN}`);
     assert.equal(h1.status, 200);
     assert.equal(JSON.parse(h1.body)['x-forwarded-proto'], 'http');
-    const session = http2.connect(`http://${VM}.${DOMAIN}:${h2cPort}`, { lookup: toLoopback });
+    const session = http2.connect(`http://${VM}.${DOMAIN}:${h2cPort}`, { lookup: lookupLoopback });
     try {
       for (const round of [1, 2]) {
         const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -156,7 +157,7 @@ describe('HTTP/1.1 and HTTP/2', () => {
 
   test('a client that goes away mid-response closes the upstream request', async () => {
     const before = seen.closedEarly;
-    const req = https.request({ host: endpoint().host, port, ca, lookup: toLoopback, path: '/sse?n=100', headers: auth(), agent: false });
+    const req = https.request({ host: endpoint().host, port, ca, lookup: lookupLoopback, path: '/sse?n=100', headers: auth(), agent: false });
     req.on('response', (res) => res.once('data', () => req.destroy()));
     req.on('error', () => {});
     req.end();

@@ -6,15 +6,9 @@
 import * as grpc from '@grpc/grpc-js';
 import https from 'node:https';
 import http2 from 'node:http2';
-import type { LookupFunction } from 'node:net';
 import { Readable } from 'node:stream';
 import { WebSocket } from 'ws';
-
-/** Every name resolves to 127.0.0.1: test traffic never leaves the host. */
-export const toLoopback: LookupFunction = (_hostname, options, callback) => {
-  if (options.all) (callback as unknown as (error: null, addresses: Array<{ address: string; family: number }>) => void)(null, [{ address: '127.0.0.1', family: 4 }]);
-  else callback(null, '127.0.0.1', 4);
-};
+import { lookupLoopback } from '../host/sockets.ts';
 
 export interface Endpoint {
   host: string;
@@ -41,7 +35,7 @@ export interface RequestOptions {
 export function requestH1(endpoint: Endpoint, options: RequestOptions = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = https.request({
-      host: endpoint.host, port: endpoint.port, ca: endpoint.ca, lookup: toLoopback, agent: false,
+      host: endpoint.host, port: endpoint.port, ca: endpoint.ca, lookup: lookupLoopback, agent: false,
       method: options.method ?? 'GET', path: options.path ?? '/', headers: options.headers ?? {},
     }, (res) => {
       const chunks: Buffer[] = [];
@@ -58,7 +52,7 @@ export function requestH1(endpoint: Endpoint, options: RequestOptions = {}): Pro
 }
 
 export function requestH2(endpoint: Endpoint, options: RequestOptions = {}): Promise<Answer> {
-  const session = http2.connect(`https://${endpoint.host}:${endpoint.port}`, { ca: endpoint.ca, lookup: toLoopback });
+  const session = http2.connect(`https://${endpoint.host}:${endpoint.port}`, { ca: endpoint.ca, lookup: lookupLoopback });
   return new Promise<Answer>((resolve, reject) => {
     session.on('error', reject);
     const stream = session.request({ ':method': options.method ?? 'GET', ':path': options.path ?? '/', ...options.headers });
@@ -151,7 +145,7 @@ export interface OpenedWebSocket {
 export function openWebSocket(endpoint: Endpoint, options: { protocols?: string[]; headers?: Record<string, string>; path?: string } = {}): Promise<OpenedWebSocket> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`wss://${endpoint.host}:${endpoint.port}${options.path ?? '/'}`, options.protocols ?? [], {
-      ca: endpoint.ca, lookup: toLoopback, headers: options.headers ?? {},
+      ca: endpoint.ca, lookup: lookupLoopback, headers: options.headers ?? {},
     });
     let headers: OpenedWebSocket['headers'] = {};
     ws.once('upgrade', (response) => {
