@@ -8,9 +8,10 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { chmod, chown, copyFile, lstat, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import { removeStaleDirs } from '../../host/files.ts';
 import type { VmUser } from './vm-users.ts';
 
 export interface EgressRelay {
@@ -67,19 +68,11 @@ export async function startEgressRelay(options: {
 
 /** Removes the egress directories of build VMs whose daemon died: nothing serves their socket any more. */
 export async function sweepStaleEgressDirs(chroot: string): Promise<void> {
-  const cutoff = Date.now() - STALE_DIR_MS;
-  for (const name of await readdir(chroot)) {
-    if (!name.startsWith(DIR_PREFIX)) continue;
-    const dir = path.join(chroot, name);
-    const info = await lstat(dir).catch(() => undefined);
-    if (!info?.isDirectory() || info.mtimeMs >= cutoff) continue;
-    const served = await new Promise<boolean>((resolve) => {
-      const probe = net.connect(path.join(dir, 'egress.sock'));
-      probe.once('connect', () => { probe.destroy(); resolve(true); });
-      probe.once('error', () => resolve(false));
-    });
-    if (!served) await rm(dir, { recursive: true, force: true });
-  }
+  await removeStaleDirs(chroot, DIR_PREFIX, STALE_DIR_MS, (dir) => new Promise<boolean>((resolve) => {
+    const probe = net.connect(path.join(dir, 'egress.sock'));
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  }));
 }
 
 /**

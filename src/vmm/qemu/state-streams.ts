@@ -7,11 +7,12 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { chown, mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chown, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { AppError } from '../../errors/errors.ts';
+import { removeStaleDirs } from '../../host/files.ts';
 import type { VmUser } from './vm-users.ts';
 
 export interface StateFile {
@@ -108,13 +109,7 @@ export async function receiveState(file: StateFile, place: { parent: string; chr
 
 /** Removes the save directories in `parent` that daemons killed mid-save left behind. */
 export async function sweepStaleSaveDirs(parent: string): Promise<void> {
-  const cutoff = Date.now() - STALE_SAVE_DIR_MS;
-  for (const name of await readdir(parent)) {
-    if (!name.startsWith(SAVE_DIR_PREFIX)) continue;
-    const dir = path.join(parent, name);
-    const info = await stat(dir).catch(() => undefined);
-    if (info && info.mtimeMs < cutoff) await rm(dir, { recursive: true, force: true });
-  }
+  await removeStaleDirs(parent, SAVE_DIR_PREFIX, STALE_SAVE_DIR_MS);
 }
 
 async function helperDone(child: ReturnType<typeof spawn>, what: string, code: 'vmm.restore_failed' | 'vmm.snapshot_failed'): Promise<void> {
