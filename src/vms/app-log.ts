@@ -19,9 +19,9 @@ import { StringDecoder } from 'node:string_decoder';
 import { promisify } from 'node:util';
 import type { AgentClient, ExitStatus } from '../guest/client.ts';
 import { isAppError } from '../errors/errors.ts';
+import { LineSplitter } from '../host/lines.ts';
 
 const DEFAULT_MAX_FILE_BYTES = 16 * 2 ** 20;
-const MAX_LINE_CHARS = 16 * 1024;
 const READ_CHUNK_BYTES = 64 * 1024;
 const NEWLINE = 0x0a;
 const readAt = promisify(read);
@@ -214,37 +214,6 @@ class VmLog extends EventEmitter<{ line: [string]; end: [] }> {
     }
     for (const record of records) this.emit('line', record);
   }
-}
-
-/** Output chunks → whole lines (UTF-8 split anywhere, `\r\n` or `\n`), each at most MAX_LINE_CHARS. */
-class LineSplitter {
-  private readonly decoder = new StringDecoder('utf8');
-  private partial = '';
-
-  push(chunk: Buffer): string[] {
-    const pieces = (this.partial + this.decoder.write(chunk)).split('\n');
-    this.partial = pieces.pop() ?? '';
-    const lines = pieces.flatMap(cut);
-    while (this.partial.length > MAX_LINE_CHARS) {
-      lines.push(this.partial.slice(0, MAX_LINE_CHARS));
-      this.partial = this.partial.slice(MAX_LINE_CHARS);
-    }
-    return lines;
-  }
-
-  end(): string[] {
-    const rest = this.partial + this.decoder.end();
-    this.partial = '';
-    return rest === '' ? [] : cut(rest);
-  }
-}
-
-function cut(line: string): string[] {
-  const text = line.endsWith('\r') ? line.slice(0, -1) : line;
-  if (text.length <= MAX_LINE_CHARS) return [text];
-  const pieces: string[] = [];
-  for (let i = 0; i < text.length; i += MAX_LINE_CHARS) pieces.push(text.slice(i, i + MAX_LINE_CHARS));
-  return pieces;
 }
 
 /** The rotated file, then the current one, as they are now (missing ones are skipped). */
