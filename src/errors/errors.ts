@@ -50,6 +50,7 @@ export const errorCodes = {
   'request.invalid': { httpStatus: 400, exitCode: 2 },
   'request.unknown_field': { httpStatus: 400, exitCode: 2 },
   'request.too_large': { httpStatus: 413, exitCode: 2 },
+  'request.headers_too_large': { httpStatus: 431, exitCode: 2 },
   'request.unsupported_media_type': { httpStatus: 415, exitCode: 2 },
   'route.not_found': { httpStatus: 404, exitCode: 2 },
   'token.missing': { httpStatus: 401, exitCode: 10 },

@@ -1,15 +1,15 @@
 /**
- * HTTP requests, from HTTP/1.1 and HTTP/2 clients alike, to the guest's HTTP/1.1 server over
- * kept-alive loopback connections (QEMU's forwarded ports). Bodies stream both ways with
- * backpressure (`pipe`; `pipeline` would cost an AbortController per request) and nothing is
- * buffered: when the response's length is unknown (SSE, long polls, chunked streams) its headers
- * go out at once. Either side going away destroys the other (the close handlers below).
+ * HTTP requests from HTTP/2 clients to the guest's HTTP/1.1 server over kept-alive loopback
+ * connections (QEMU's forwarded ports); HTTP/1.1 clients have their own data plane
+ * (http1-connection.ts). Bodies stream both ways with backpressure (`pipe`; `pipeline` would cost
+ * an AbortController per request) and nothing is buffered. Either side going away destroys the
+ * other (the close handlers below).
  */
-import http, { type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import http, { type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import http2, { type ServerHttp2Stream } from 'node:http2';
 import type { Readable } from 'node:stream';
 import type { ConnectGate } from './connect-gate.ts';
-import { responseHeadersH1, responseHeadersH2 } from './headers.ts';
+import { responseHeadersH2 } from './headers.ts';
 
 /**
  * Kept-alive connections to guest ports, opened through `gate` (one connect at a time per port).
@@ -42,17 +42,6 @@ interface UpstreamRequest {
   body?: Readable;
 }
 
-export function forwardFromHttp1(agent: http.Agent, upstream: Upstream, req: IncomingMessage, res: ServerResponse, headers: OutgoingHttpHeaders, fail: (error: Error) => void): void {
-  const call = callUpstream(agent, { upstream, method: req.method!, path: req.url!, headers, ...(hasBody(req.headers) && { body: req }) }, (upstream) => {
-    res.writeHead(upstream.statusCode!, upstream.statusMessage, responseHeadersH1(upstream.rawHeaders));
-    if (upstream.headers['content-length'] === undefined) res.flushHeaders();
-    relay(upstream, res);
-  }, fail);
-  res.once('close', () => {
-    if (!res.writableFinished) call.cancel();
-  });
-}
-
 export function forwardFromHttp2(
   agent: http.Agent, upstream: Upstream, stream: ServerHttp2Stream, requestHeaders: IncomingHttpHeaders, withBody: boolean,
   headers: OutgoingHttpHeaders, fail: (error: Error) => void,
@@ -75,39 +64,6 @@ export function forwardFromHttp2(
   stream.once('close', () => {
     if (!stream.writableFinished) call.cancel();
   });
-}
-
-/**
- * The response body to an HTTP/1.1 client: `pipe` with backpressure but without its half-dozen
- * listeners per response. The guest's data comes in small pieces, each its own read: the client's
- * socket stays corked until the event loop has handled every read at hand, so they leave as one
- * TLS record and one write instead of one per piece.
- */
-function relay(upstream: IncomingMessage, res: ServerResponse): void {
-  const socket = res.socket;
-  let corked = false;
-  const uncork = (): void => {
-    corked = false;
-    socket?.uncork();
-  };
-  upstream.on('data', (chunk: Buffer) => {
-    if (socket && !corked) {
-      corked = true;
-      socket.cork();
-      setImmediate(uncork);
-    }
-    if (!res.write(chunk)) {
-      upstream.pause();
-      res.once('drain', () => upstream.resume());
-    }
-  });
-  upstream.on('end', () => res.end());
-  // A guest that fails mid-response cuts the client's response short: nothing else can tell it.
-  upstream.on('error', () => res.destroy());
-}
-
-function hasBody(headers: IncomingHttpHeaders): boolean {
-  return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
 }
 
 /** One request to the guest; `fail` hears of a failure before or during the response. */

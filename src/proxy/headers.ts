@@ -2,9 +2,11 @@
  * What crosses the proxy in headers. Pure. Requests lose hop-by-hop headers (and those named in
  * Connection), every `x-cocoon-*` header (the token never reaches the guest) and the client's own
  * X-Forwarded-Proto/Host; they gain X-Forwarded-For (appended), -Proto and -Host. Responses lose
- * hop-by-hop headers: each side of the proxy frames its own connection.
+ * hop-by-hop headers: each side of the proxy frames its own connection. On the HTTP/1.1 data
+ * plane, where bodies are relayed as bytes, Transfer-Encoding stays with the body it frames.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { valuesOf, type RequestHead, type ResponseHead } from './http1-parse.ts';
 
 export interface ForwardedFor {
   clientAddress: string;
@@ -37,27 +39,14 @@ export function requestHeaders(headers: IncomingHttpHeaders, forwarded: Forwarde
       if (target === 'h2c') out[name] = headers[name];
       continue;
     }
-    if ((HOP_BY_HOP.has(name) && !(target === 'h2c' && name === 'te')) || isOwnHeader(name) || listed?.has(name)) continue;
-    out[name] = headers[name];
+    if (isEndToEnd(name, listed, target === 'h2c')) out[name] = headers[name];
   }
   if (target === 'h2c') out[':scheme'] = 'http';
   else if (out.host === undefined) out.host = forwarded.host;
   const prior = headers['x-forwarded-for'];
-  out['x-forwarded-for'] = prior ? `${String(prior)}, ${forwarded.clientAddress}` : forwarded.clientAddress;
+  out['x-forwarded-for'] = forwardedForValue(prior === undefined ? undefined : String(prior), forwarded.clientAddress);
   out['x-forwarded-proto'] = forwarded.proto;
   out['x-forwarded-host'] = forwarded.host;
-  return out;
-}
-
-/** An HTTP/1.1 response's raw headers (name, value, name, value…) for an HTTP/1.1 client. */
-export function responseHeadersH1(raw: readonly string[]): string[] {
-  const names = lowerCaseNames(raw);
-  const listed = listedInConnection(raw, names);
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = names[i >> 1]!;
-    if (!HOP_BY_HOP.has(name) && !listed?.has(name)) out.push(raw[i]!, raw[i + 1]!);
-  }
   return out;
 }
 
@@ -123,14 +112,49 @@ export function offeredProtocols(header: string | string[] | undefined): Offered
   return offered;
 }
 
-/** Headers for a WebSocket upgrade request to the guest: the cocoon.* subprotocols stay behind. */
-export function upgradeRequestHeaders(headers: IncomingHttpHeaders, forwarded: ForwardedFor, offered: OfferedProtocols): OutgoingHttpHeaders {
-  const out = requestHeaders(headers, forwarded, 'http1');
-  delete out['sec-websocket-protocol'];
-  if (offered.others.length > 0) out['sec-websocket-protocol'] = offered.others.join(', ');
-  out.connection = 'Upgrade';
-  out.upgrade = headers.upgrade;
-  return out;
+/**
+ * The head of a request for the guest on the HTTP/1.1 data plane, from the client's fields:
+ * filtered as `requestHeaders` filters, except that Transfer-Encoding stays (the body is relayed
+ * as the client framed it). `close`: the proxy closes both connections after the response.
+ * `upgrade`: a WebSocket upgrade, whose cocoon.* subprotocols stay behind.
+ */
+export function requestHeadH1(head: RequestHead, forwarded: ForwardedFor, options: { close: boolean; upgrade?: OfferedProtocols }): string {
+  const listed = connectionTokens(valuesOf(head.fields, 'connection'));
+  let text = `${head.method} ${head.target} HTTP/1.${head.minor}\r\n`;
+  let prior: string | undefined;
+  for (const { name, lower, value } of head.fields) {
+    if (lower === 'x-forwarded-for') prior = prior === undefined ? value : `${prior}, ${value}`;
+    else if (lower === 'transfer-encoding' || (isEndToEnd(lower, listed, false) && !(options.upgrade && lower === 'sec-websocket-protocol'))) text += `${name}: ${value}\r\n`;
+  }
+  if (options.upgrade) {
+    if (options.upgrade.others.length > 0) text += `Sec-WebSocket-Protocol: ${options.upgrade.others.join(', ')}\r\n`;
+    text += `Connection: Upgrade\r\nUpgrade: ${valuesOf(head.fields, 'upgrade').join(', ')}\r\n`;
+  } else if (options.close) {
+    text += 'Connection: close\r\n';
+  }
+  return `${text}X-Forwarded-For: ${forwardedForValue(prior, forwarded.clientAddress)}\r\nX-Forwarded-Proto: ${forwarded.proto}\r\nX-Forwarded-Host: ${forwarded.host}\r\n\r\n`;
+}
+
+/**
+ * The head of a guest's response for an HTTP/1.1 client: hop-by-hop headers go (the proxy frames
+ * the client's connection: `close` says it ends after this response) but Transfer-Encoding, as
+ * the body is relayed as the guest framed it. A 101 keeps its Upgrade; `fallbackProtocol` is
+ * added when the guest chose no subprotocol (see OfferedProtocols).
+ */
+export function responseHeadH1(head: ResponseHead, options: { close: boolean; fallbackProtocol?: string }): string {
+  const listed = connectionTokens(valuesOf(head.fields, 'connection'));
+  const switching = head.status === 101;
+  let text = `HTTP/1.1 ${head.status} ${head.reason}\r\n`;
+  for (const { name, lower, value } of head.fields) {
+    if (lower === 'transfer-encoding' || (switching && lower === 'upgrade') || !(HOP_BY_HOP.has(lower) || listed?.has(lower))) text += `${name}: ${value}\r\n`;
+  }
+  if (switching) {
+    text += 'Connection: Upgrade\r\n';
+    if (options.fallbackProtocol !== undefined && valuesOf(head.fields, 'sec-websocket-protocol').length === 0) text += `Sec-WebSocket-Protocol: ${options.fallbackProtocol}\r\n`;
+  } else if (options.close) {
+    text += 'Connection: close\r\n';
+  }
+  return `${text}\r\n`;
 }
 
 /** The headers Connection names, hop-by-hop ones left out (they go anyway; `te` may stay for gRPC): the usual `keep-alive` builds no set. */
@@ -139,9 +163,18 @@ function connectionTokens(value: string | string[] | undefined, into?: Set<strin
   let tokens = into;
   for (const token of String(value).split(',')) {
     const name = token.trim().toLowerCase();
-    if (name === 'te' || !HOP_BY_HOP.has(name)) (tokens ??= new Set()).add(name);
+    if (name !== '' && (name === 'te' || !HOP_BY_HOP.has(name))) (tokens ??= new Set()).add(name);
   }
   return tokens;
+}
+
+/** Whether a request header goes on to the guest: not hop-by-hop (`te` may stay, for gRPC), not ours, not named in Connection. */
+function isEndToEnd(lower: string, listed: Set<string> | undefined, keepTe: boolean): boolean {
+  return !(HOP_BY_HOP.has(lower) && !(keepTe && lower === 'te')) && !isOwnHeader(lower) && !listed?.has(lower);
+}
+
+function forwardedForValue(prior: string | undefined, clientAddress: string): string {
+  return prior ? `${prior}, ${clientAddress}` : clientAddress;
 }
 
 /** `x-cocoon-*` and `x-forwarded-*`; the first letter spares most headers the comparisons. */

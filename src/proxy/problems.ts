@@ -4,9 +4,7 @@
  * grpc-status matches and whose grpc-message starts with the code. Errors that are not the
  * client's business (a failed restore, a bug) become `proxy.upstream_failed`, their details logged.
  */
-import type { ServerResponse } from 'node:http';
 import type { ServerHttp2Stream } from 'node:http2';
-import type { Duplex } from 'node:stream';
 import { STATUS_CODES } from 'node:http';
 import { AppError, errorCodes, type ErrorCode } from '../errors/errors.ts';
 
@@ -38,16 +36,6 @@ function body(problem: Problem): string {
 
 const JSON_HEADERS = { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' };
 
-export function sendProblemH1(res: ServerResponse, problem: Problem): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const text = body(problem);
-  res.writeHead(problem.status, { ...JSON_HEADERS, 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
 export function sendProblemH2(stream: ServerHttp2Stream, problem: Problem, grpc: boolean): void {
   if (stream.destroyed) return;
   if (stream.headersSent) {
@@ -67,12 +55,11 @@ export function sendProblemH2(stream: ServerHttp2Stream, problem: Problem, grpc:
   stream.end(text);
 }
 
-/** On a socket that asked for an upgrade: a whole HTTP/1.1 response, then the end. */
-export function writeProblemRaw(socket: Duplex, problem: Problem): void {
-  if (socket.destroyed) return;
+/** A whole HTTP/1.1 response; `close`: the connection ends after it; `withBody` false for HEAD requests. */
+export function problemResponseH1(problem: Problem, options: { close: boolean; withBody: boolean }): string {
   const text = body(problem);
-  socket.end(`HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? ''}\r\ncontent-type: ${JSON_HEADERS['content-type']}\r\n`
-    + `cache-control: no-store\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+  return `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? ''}\r\ncontent-type: ${JSON_HEADERS['content-type']}\r\n`
+    + `cache-control: no-store\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${options.close ? 'connection: close\r\n' : ''}\r\n${options.withBody ? text : ''}`;
 }
 
 /** gRPC's percent-encoding: only bytes outside printable ASCII, and '%' itself. */

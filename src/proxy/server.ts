@@ -1,13 +1,13 @@
 /**
  * The endpoint proxy: `https://<microvmId>.<domain>` to the MicroVM's app. One TLS port offers h2
  * and http/1.1 by ALPN; an optional plain-text port takes HTTP/1.1 and prior-knowledge h2c,
- * told apart by the first bytes (the HTTP/2 preface). Both hand each connection to one HTTP/1.1
- * server (requests, WebSocket upgrades) or one HTTP/2 server (streams, gRPC), so every request
- * meets the same admission: route by host, token check (`X-Cocoon-Auth`, or the WebSocket
- * subprotocol), then the manager's `openForTraffic` (auto-resume, activity). Nothing reaches a
- * guest before all of that passed. The hot path does no I/O besides the forwarding itself.
+ * told apart by the first bytes (the HTTP/2 preface). HTTP/1.1 connections go to the proxy's own
+ * data plane (http1-connection.ts: requests, WebSocket upgrades), HTTP/2 ones to one HTTP/2 server
+ * (streams, gRPC), and every request meets the same admission: route by host, token check
+ * (`X-Cocoon-Auth`, or the WebSocket subprotocol), then the manager's `openForTraffic`
+ * (auto-resume, activity). Nothing reaches a guest before all of that passed. The hot path does
+ * no I/O besides the forwarding itself.
  */
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import net, { type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -16,12 +16,12 @@ import { AppError } from '../errors/errors.ts';
 import type { TokenService } from '../tokens/index.ts';
 import type { MicroVmManager, TrafficLease } from '../vms/manager.ts';
 import { ConnectGate } from './connect-gate.ts';
-import { forwardFromHttp1, forwardFromHttp2, upstreamAgent, type Upstream } from './forward-http.ts';
+import { forwardFromHttp2, upstreamAgent, type Upstream } from './forward-http.ts';
 import { forwardGrpc, GrpcSessions, isGrpc } from './forward-grpc.ts';
-import { AUTH_HEADER, offeredProtocols, PORT_HEADER, requestHeaders, upgradeRequestHeaders, type ForwardedFor } from './headers.ts';
-import { problemOf, sendProblemH1, sendProblemH2, upstreamFailed, writeProblemRaw, type Problem } from './problems.ts';
+import { AUTH_HEADER, PORT_HEADER, requestHeaders, type ForwardedFor } from './headers.ts';
+import { Http1Connection, type Admission, type Http1Deps } from './http1-connection.ts';
+import { problemOf, sendProblemH2, upstreamFailed, type Problem } from './problems.ts';
 import { destinationOf, requestedPort, type Destination } from './routing.ts';
-import { forwardUpgrade } from './websocket.ts';
 
 export interface EndpointProxyOptions {
   domain: string;
@@ -40,7 +40,6 @@ const { NGHTTP2_FLAG_END_STREAM } = http2.constants;
 const ignore = (): void => {};
 
 export class EndpointProxy {
-  private readonly http1: http.Server;
   private readonly http2: http2.Http2Server;
   private readonly tlsServer: tls.Server;
   private plainServer: net.Server | undefined;
@@ -48,23 +47,25 @@ export class EndpointProxy {
   private readonly agent = upstreamAgent(this.gate);
   private readonly grpc = new GrpcSessions();
   private readonly sockets = new Set<Duplex>();
+  private readonly http1: Http1Deps = {
+    gate: this.gate,
+    admit: (host, port, token) => this.admit(host, port, token),
+    log: (line) => this.log(line),
+  };
 
   constructor(private readonly options: EndpointProxyOptions) {
-    // Long uploads and streams must not be cut: no whole-request deadline. Kept-alive client
-    // connections stay a minute, like most load balancers expect.
-    this.http1 = http.createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 });
-    this.http1.on('request', (req, res) => void this.onRequest(req, res));
-    this.http1.on('upgrade', (req, socket, head) => void this.onUpgrade(req, socket, head));
     // nghttp2's default 10 MB per session is too little for many concurrent streams.
     this.http2 = http2.createServer({ maxSessionMemory: 64 });
     this.http2.on('stream', (stream, headers, flags) => void this.onStream(stream, headers, flags));
     this.http2.on('sessionError', ignore);
     this.tlsServer = tls.createServer({
       cert: options.tls.cert, key: options.tls.key, ALPNProtocols: ['h2', 'http/1.1'],
-      noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000,
+      // A client may finish sending before its answer came (HTTP/1.1 allows it): the answer still goes.
+      allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000,
     }, (socket) => {
       this.track(socket);
-      (socket.alpnProtocol === 'h2' ? this.http2 : this.http1).emit('connection', socket);
+      if (socket.alpnProtocol === 'h2') this.http2.emit('connection', socket);
+      else new Http1Connection(socket, this.http1);
     });
     this.tlsServer.on('tlsClientError', ignore);
   }
@@ -74,7 +75,7 @@ export class EndpointProxy {
     const host = ports.host ?? '127.0.0.1';
     const port = await listenOn(this.tlsServer, ports.port, host);
     if (ports.h2cPort === undefined) return { port };
-    this.plainServer = net.createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 }, (socket) => this.onPlainConnection(socket));
+    this.plainServer = net.createServer({ allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 }, (socket) => this.onPlainConnection(socket));
     return { port, h2cPort: await listenOn(this.plainServer, ports.h2cPort, host) };
   }
 
@@ -90,72 +91,36 @@ export class EndpointProxy {
 
   // --- the three kinds of traffic ---
 
-  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    req.on('error', ignore);
+  private async admit(host: string | undefined, port: string | undefined, token: string | undefined): Promise<Admission> {
     let destination: Destination | undefined;
-    let lease: TrafficLease;
     try {
-      destination = this.destinationOf(req.headers.host);
-      lease = await this.open(destination, single(req.headers[PORT_HEADER]), single(req.headers[AUTH_HEADER]));
+      destination = this.destinationOf(host);
+      return { lease: await this.open(destination, port, token), microvmId: destination.microvmId };
     } catch (error) {
-      sendProblemH1(res, this.refusal(error, destination));
-      return;
+      return { problem: this.refusal(error, destination) };
     }
-    if (res.closed) return lease.release();
-    res.once('close', lease.release);
-    const forwarded = this.forwardedFor(req.socket, req.headers.host);
-    forwardFromHttp1(this.agent, upstreamOf(lease), req, res, requestHeaders(req.headers, forwarded, 'http1'), (error) => {
-      this.upstreamFailed(destination!, lease, error);
-      sendProblemH1(res, upstreamFailed());
-    });
   }
 
   private async onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): Promise<void> {
     stream.on('error', ignore);
     const grpc = isGrpc(headers);
     const authority = headers[':authority'] ?? headers.host;
-    let destination: Destination | undefined;
-    let lease: TrafficLease;
-    try {
-      destination = this.destinationOf(authority);
-      lease = await this.open(destination, single(headers[PORT_HEADER]), single(headers[AUTH_HEADER]));
-    } catch (error) {
-      sendProblemH2(stream, this.refusal(error, destination), grpc);
+    const admission = await this.admit(authority, single(headers[PORT_HEADER]), single(headers[AUTH_HEADER]));
+    if ('problem' in admission) {
+      sendProblemH2(stream, admission.problem, grpc);
       return;
     }
+    const { lease, microvmId } = admission;
     if (stream.destroyed) return lease.release();
     stream.once('close', lease.release);
     const forwarded = this.forwardedFor(stream.session?.socket, authority);
     const withBody = (flags & NGHTTP2_FLAG_END_STREAM) === 0;
     const fail = (error: Error): void => {
-      this.upstreamFailed(destination!, lease, error);
+      this.log(`${microvmId}: guest port ${lease.guestPort} failed: ${error.message}`);
       sendProblemH2(stream, upstreamFailed(), grpc);
     };
     if (grpc) forwardGrpc(this.grpc.sessionFor(upstreamOf(lease), lease.closed), stream, requestHeaders(headers, forwarded, 'h2c'), withBody, fail);
     else forwardFromHttp2(this.agent, upstreamOf(lease), stream, headers, withBody, requestHeaders(headers, forwarded, 'http1'), fail);
-  }
-
-  private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    socket.on('error', ignore);
-    const offered = offeredProtocols(req.headers['sec-websocket-protocol']);
-    let destination: Destination | undefined;
-    let lease: TrafficLease;
-    try {
-      destination = this.destinationOf(req.headers.host);
-      lease = await this.open(destination, single(req.headers[PORT_HEADER]) ?? offered.port, single(req.headers[AUTH_HEADER]) ?? offered.token);
-    } catch (error) {
-      writeProblemRaw(socket, this.refusal(error, destination));
-      return;
-    }
-    if (socket.destroyed) return lease.release();
-    socket.once('close', lease.release);
-    const forwarded = this.forwardedFor(socket, req.headers.host);
-    // Only WebSocket upgrades are tunnelled; another (an h2c upgrade on the plain port) is served as a plain request.
-    const headers = /^websocket$/i.test(req.headers.upgrade ?? '') ? upgradeRequestHeaders(req.headers, forwarded, offered) : requestHeaders(req.headers, forwarded, 'http1');
-    forwardUpgrade(this.gate, upstreamOf(lease), req, socket, head, headers, offered, (error) => {
-      this.upstreamFailed(destination!, lease, error);
-      writeProblemRaw(socket, upstreamFailed());
-    });
   }
 
   // --- admission ---
@@ -187,10 +152,6 @@ export class EndpointProxy {
     return problem;
   }
 
-  private upstreamFailed(destination: Destination, lease: TrafficLease, error: Error): void {
-    this.log(`${destination.microvmId}: guest port ${lease.guestPort} failed: ${error.message}`);
-  }
-
   private forwardedFor(socket: Duplex | undefined, host: string | undefined): ForwardedFor {
     return {
       clientAddress: (socket as net.Socket | undefined)?.remoteAddress ?? '',
@@ -205,20 +166,29 @@ export class EndpointProxy {
   private onPlainConnection(socket: net.Socket): void {
     this.track(socket);
     socket.on('error', ignore);
-    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
+    // Silence, or an end, before the first bytes told which protocol this is.
+    const giveUp = (): void => {
+      socket.destroy();
+    };
+    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS);
+    socket.on('timeout', giveUp).on('end', giveUp);
     let seen: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
       seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
       const compared = Math.min(seen.length, H2_PREFACE.length);
       const isH2 = seen.subarray(0, compared).equals(H2_PREFACE.subarray(0, compared));
       if (isH2 && seen.length < H2_PREFACE.length) return;
-      socket.off('data', onData);
+      socket.off('data', onData).off('timeout', giveUp).off('end', giveUp);
       socket.setTimeout(0);
+      if (!isH2) {
+        new Http1Connection(socket, this.http1, seen);
+        return;
+      }
       socket.pause();
       socket.unshift(seen);
-      (isH2 ? this.http2 : this.http1).emit('connection', socket);
-      // After the server took the socket: HTTP/2 first reads what was unshifted (on the next
-      // tick), HTTP/1.1 needs the stream flowing again, and neither resumes an explicit pause.
+      this.http2.emit('connection', socket);
+      // After the server took the socket: it first reads what was unshifted (on the next tick),
+      // and does not resume an explicit pause.
       process.nextTick(() => socket.resume());
     };
     socket.on('data', onData);
