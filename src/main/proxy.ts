@@ -4,9 +4,7 @@
  * to trust the local CA.
  */
 import type { Config } from '../config/config.ts';
-import { coversDomain, endpointUrl, ensureProxyTls, EndpointProxy } from '../proxy/index.ts';
-import type { TokenService } from '../tokens/index.ts';
-import type { MicroVmManager } from '../vms/manager.ts';
+import { coversDomain, endpointUrl, ensureProxyTls, EndpointProxy, type EndpointProxyOptions } from '../proxy/index.ts';
 
 export interface StartedProxy {
   proxy: EndpointProxy;
@@ -19,8 +17,8 @@ export interface StartedProxy {
 
 export interface ProxyWiring {
   config: Pick<Config, 'dataDir' | 'domain' | 'proxyPort' | 'proxyH2cPort' | 'tlsCertPath' | 'tlsKeyPath'>;
-  microvms: Pick<MicroVmManager, 'openForTraffic'>;
-  tokens: Pick<TokenService, 'authorize'>;
+  microvms: EndpointProxyOptions['microvms'];
+  tokens: EndpointProxyOptions['tokens'];
   log: (line: string) => void;
   resumeTimeoutMs?: number;
 }

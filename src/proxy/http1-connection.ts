@@ -28,7 +28,7 @@ export type Admission = { lease: TrafficLease; microvmId: string } | { problem: 
 
 export interface Http1Deps {
   gate: ConnectGate;
-  admit(host: string | undefined, port: string | undefined, token: string | undefined): Promise<Admission>;
+  admit(host: string | undefined, port: string | undefined, token: string | undefined): Admission | Promise<Admission>;
   log(line: string): void;
 }
 
@@ -156,7 +156,9 @@ export class Http1Connection {
     this.exchange = exchange;
     const port = valuesOf(head.fields, PORT_HEADER)[0] ?? upgrade?.port;
     const token = valuesOf(head.fields, AUTH_HEADER)[0] ?? upgrade?.token;
-    this.deps.admit(exchange.host, port, token).then((admission) => this.admitted(exchange, admission)).catch(this.failed);
+    const admission = this.deps.admit(exchange.host, port, token);
+    if (admission instanceof Promise) admission.then((later) => this.admitted(exchange, later)).catch(this.failed);
+    else this.admitted(exchange, admission);
     this.updateReading();
   }
 
@@ -436,7 +438,9 @@ export class Http1Connection {
       this.client.end();
       return;
     }
-    this.next();
+    // Pipelined requests answered at once (refusals) must not nest a call per request.
+    if (this.pending.length > 0) process.nextTick(() => this.next());
+    else this.next();
   }
 
   private refuseMalformed(error: Error): void {

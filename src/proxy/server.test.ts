@@ -54,23 +54,29 @@ before(async () => {
   grpcServer = await startGrpc();
   const hostPorts = new Map<number, number>([[APP_PORT, (app.address() as AddressInfo).port], [GRPC_PORT, grpcPortOf(grpcServer)]]);
   const routes = new Map([[VM, hostPorts], [OTHER_VM, hostPorts], [DOWN_VM, new Map([[APP_PORT, 1]])]]);
+  const leaseOn = (microvmId: string, chosen: number): TrafficLease => {
+    const hostPort = routes.get(microvmId)!.get(chosen);
+    if (hostPort === undefined) throw new AppError('proxy.port_not_exposed', `port ${chosen} is not exposed`);
+    open.set(microvmId, (open.get(microvmId) ?? 0) + 1);
+    let released = false;
+    return {
+      hostPort, hostAddress: '127.0.0.1', guestPort: chosen, closed: new AbortController().signal,
+      release: () => {
+        if (!released) open.set(microvmId, open.get(microvmId)! - 1);
+        released = true;
+      },
+    };
+  };
+  // Like the manager: at once when the token was seen before, else after the (async) check.
   const microvms = {
     async openForTraffic(microvmId: string, guestPort: number | undefined, options: TrafficOptions): Promise<TrafficLease> {
-      const ports = routes.get(microvmId);
-      if (!ports) throw new AppError('proxy.unknown_host', `no MicroVM ${microvmId}`);
-      const chosen = guestPort ?? APP_PORT;
-      await options.authorize(chosen);
-      const hostPort = ports.get(chosen);
-      if (hostPort === undefined) throw new AppError('proxy.port_not_exposed', `port ${chosen} is not exposed`);
-      open.set(microvmId, (open.get(microvmId) ?? 0) + 1);
-      let released = false;
-      return {
-        hostPort, hostAddress: '127.0.0.1', guestPort: chosen, closed: new AbortController().signal,
-        release: () => {
-          if (!released) open.set(microvmId, open.get(microvmId)! - 1);
-          released = true;
-        },
-      };
+      if (!routes.has(microvmId)) throw new AppError('proxy.unknown_host', `no MicroVM ${microvmId}`);
+      await options.authorize(guestPort ?? APP_PORT);
+      return leaseOn(microvmId, guestPort ?? APP_PORT);
+    },
+    openForTrafficNow(microvmId: string, guestPort: number | undefined, authorizeNow: (port: number) => boolean): TrafficLease | undefined {
+      if (!routes.has(microvmId)) return undefined;
+      return authorizeNow(guestPort ?? APP_PORT) ? leaseOn(microvmId, guestPort ?? APP_PORT) : undefined;
     },
   };
   proxy = new EndpointProxy({ domain: DOMAIN, microvms, tokens, tls, log: (line) => console.log(`# ${line}`) });

@@ -25,8 +25,8 @@ import { destinationOf, requestedPort, type Destination } from './routing.ts';
 
 export interface EndpointProxyOptions {
   domain: string;
-  microvms: Pick<MicroVmManager, 'openForTraffic'>;
-  tokens: Pick<TokenService, 'authorize'>;
+  microvms: Pick<MicroVmManager, 'openForTraffic' | 'openForTrafficNow'>;
+  tokens: Pick<TokenService, 'authorize' | 'authorizeNow'>;
   tls: { cert: string; key: string };
   /** How long a request waits for an auto-resume. Default: the manager's. */
   resumeTimeoutMs?: number;
@@ -91,13 +91,37 @@ export class EndpointProxy {
 
   // --- the three kinds of traffic ---
 
-  private async admit(host: string | undefined, port: string | undefined, token: string | undefined): Promise<Admission> {
-    let destination: Destination | undefined;
+  /**
+   * Routing, the token check and a lease: at once when the VM is RUNNING and its token was seen
+   * before (the usual case: no promise, no await), else after the manager's lookups, a resume or
+   * jose's decryption. The port from the host name wins over the header (or subprotocol); the
+   * token is checked with the port finally chosen.
+   */
+  private admit(host: string | undefined, portRequested: string | undefined, token: string | undefined): Admission | Promise<Admission> {
+    let microvmId: string | undefined;
     try {
-      destination = this.destinationOf(host);
-      return { lease: await this.open(destination, port, token), microvmId: destination.microvmId };
+      const destination = this.destinationOf(host);
+      microvmId = destination.microvmId;
+      const guestPort = destination.guestPort ?? requestedPort(portRequested, 'X-Cocoon-Port (or the subprotocol cocoon.port.<n>)');
+      const vm = microvmId;
+      const lease = this.options.microvms.openForTrafficNow(vm, guestPort, (port) => this.options.tokens.authorizeNow(token, vm, port));
+      return lease ? { lease, microvmId } : this.admitLater(microvmId, guestPort, token);
     } catch (error) {
-      return { problem: this.refusal(error, destination) };
+      return { problem: this.refusal(error, microvmId) };
+    }
+  }
+
+  private async admitLater(microvmId: string, guestPort: number | undefined, token: string | undefined): Promise<Admission> {
+    try {
+      const lease = await this.options.microvms.openForTraffic(microvmId, guestPort, {
+        authorize: async (port) => {
+          await this.options.tokens.authorize(token, microvmId, port);
+        },
+        ...(this.options.resumeTimeoutMs !== undefined && { resumeTimeoutMs: this.options.resumeTimeoutMs }),
+      });
+      return { lease, microvmId };
+    } catch (error) {
+      return { problem: this.refusal(error, microvmId) };
     }
   }
 
@@ -134,21 +158,9 @@ export class EndpointProxy {
     return destination;
   }
 
-  /** The port from the host name wins over the header (or subprotocol); the token is checked with the port finally chosen. */
-  private open(destination: Destination, portRequested: string | undefined, token: string | undefined): Promise<TrafficLease> {
-    const { microvmId } = destination;
-    const guestPort = destination.guestPort ?? requestedPort(portRequested, 'X-Cocoon-Port (or the subprotocol cocoon.port.<n>)');
-    return this.options.microvms.openForTraffic(microvmId, guestPort, {
-      authorize: async (port) => {
-        await this.options.tokens.authorize(token, microvmId, port);
-      },
-      ...(this.options.resumeTimeoutMs !== undefined && { resumeTimeoutMs: this.options.resumeTimeoutMs }),
-    });
-  }
-
-  private refusal(error: unknown, destination: Destination | undefined): Problem {
+  private refusal(error: unknown, microvmId: string | undefined): Problem {
     const problem = problemOf(error);
-    if (problem.logged) this.log(`${destination?.microvmId ?? 'proxy'}: answered ${problem.code}: ${error instanceof Error ? error.message : String(error)}`);
+    if (problem.logged) this.log(`${microvmId ?? 'proxy'}: answered ${problem.code}: ${error instanceof Error ? error.message : String(error)}`);
     return problem;
   }
 

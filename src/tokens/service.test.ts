@@ -179,6 +179,31 @@ describe('TokenService', () => {
     for (const port of [1, 22, 8080, 65535]) await tokens.authorize(all, VM, port);
   });
 
+  test('authorizeNow answers from the cache only: false for a token not verified yet, the same refusals as authorize otherwise', async () => {
+    clock = T0;
+    const { tokens } = await service();
+    const code = (run: () => unknown): string | undefined => {
+      try {
+        run();
+        return undefined;
+      } catch (error) {
+        return (error as AppError).code;
+      }
+    };
+    assert.equal(code(() => tokens.authorizeNow(undefined, VM, 80)), 'token.missing');
+    assert.equal(code(() => tokens.authorizeNow('x'.repeat(5000), VM, 80)), 'token.invalid');
+    const single = (await tokens.mint({ microvmId: VM, ports: { ranges: [{ from: 8080, to: 8080 }] }, expiresInMinutes: 5 })).token;
+    assert.equal(tokens.authorizeNow(single, VM, 8080), false, 'not verified yet: authorize must decide');
+    assert.equal(tokens.authorizeNow('garbage', VM, 8080), false, 'jose tells garbage apart, not the cache');
+    await tokens.authorize(single, VM, 8080);
+    assert.equal(tokens.authorizeNow(single, VM, 8080), true);
+    assert.equal(code(() => tokens.authorizeNow(single, OTHER_VM, 8080)), 'token.wrong_microvm');
+    assert.equal(code(() => tokens.authorizeNow(single, VM, 8081)), 'token.port_not_allowed');
+    clock = T0 + 5 * 60_000;
+    assert.equal(code(() => tokens.authorizeNow(single, VM, 8080)), 'token.expired');
+    clock = T0;
+  });
+
   test('rotation: the previous key still verifies, a second rotation retires the oldest; the file is the truth', async () => {
     clock = T0;
     const { tokens, dataDir } = await service();

@@ -334,10 +334,20 @@ export class MicroVmManager {
       if (!cached && 'state' in target && target.state === 'SUSPENDED' && !target.autoResume) throw notRunning(microvmId, 'SUSPENDED');
       route = await this.routeWhenRunning(microvmId, options);
     }
-    const hostPort = route.hostPorts.get(port);
-    // A VM launched from a template made before EXPOSEd ports were forwarded.
-    if (hostPort === undefined) throw portNotExposed(microvmId, port, [...route.hostPorts.keys()]);
-    return this.lease(microvmId, route, port, hostPort);
+    return this.lease(microvmId, route, port);
+  }
+
+  /**
+   * `openForTraffic` without waiting, for the proxy's hot path: a lease when the VM's route is at
+   * hand (RUNNING) and `authorizeNow` decides at once (true, or it throws to refuse); undefined
+   * when only `openForTraffic` can tell.
+   */
+  openForTrafficNow(microvmId: string, guestPort: number | undefined, authorizeNow: (guestPort: number) => boolean): TrafficLease | undefined {
+    const route = this.routes.get(microvmId);
+    if (!route) return undefined;
+    const port = guestPort ?? route.appPort;
+    if (!route.proxiedPorts.includes(port)) throw portNotExposed(microvmId, port, route.proxiedPorts);
+    return authorizeNow(port) ? this.lease(microvmId, route, port) : undefined;
   }
 
   /** What the proxy needs to know of a VM without a route (not RUNNING, or not asked for yet). */
@@ -383,7 +393,10 @@ export class MicroVmManager {
     return route;
   }
 
-  private lease(microvmId: string, route: TrafficRoute, guestPort: number, hostPort: number): TrafficLease {
+  private lease(microvmId: string, route: TrafficRoute, guestPort: number): TrafficLease {
+    const hostPort = route.hostPorts.get(guestPort);
+    // A VM launched from a template made before EXPOSEd ports were forwarded.
+    if (hostPort === undefined) throw portNotExposed(microvmId, guestPort, [...route.hostPorts.keys()]);
     this.openConnections.set(microvmId, (this.openConnections.get(microvmId) ?? 0) + 1);
     this.recordActivity(microvmId);
     let open = true;
