@@ -326,3 +326,22 @@ test('a client that ends its side after the request still gets the answer, then 
   assert.equal(JSON.parse(bodiesOf(text)[0]!).url, '/half');
   assert.equal(proxy.openLeases(), 0);
 });
+
+test('bulk bodies leave in batches, and a batch never waits for more bytes than the guest sent', async () => {
+  let guestSocket: net.Socket | undefined;
+  const first = 'a'.repeat(400 * 1024);
+  const guest = await rawGuest((_request, _index, socket) => {
+    guestSocket = socket;
+    // A small piece of its own after the bulk (a separate read): it must not wait for more.
+    setTimeout(() => socket.write('5\r\nsmall\r\n'), 50);
+    return `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${first.length.toString(16)}\r\n${first}\r\n`;
+  });
+  const proxy = await startProxy(guest.port);
+  const client = new Client(proxy.port).send(GET('/bulk'));
+  // The guest sends nothing more until the client has it all: held bytes would never arrive.
+  await client.until((text) => text.includes(`${first}\r\n5\r\nsmall\r\n`), 'all sent so far, while the guest waits');
+  guestSocket!.write('3\r\nend\r\n0\r\n\r\n');
+  const text = await client.until((t) => t.endsWith('0\r\n\r\n'), 'the end');
+  assert.ok(text.endsWith(`${first}\r\n5\r\nsmall\r\n3\r\nend\r\n0\r\n\r\n`));
+  client.socket.destroy();
+});
