@@ -1,11 +1,14 @@
 /**
- * What crosses the proxy in headers. Pure. Requests lose hop-by-hop headers (and those named in
+ * What crosses the proxy in headers. Requests lose hop-by-hop headers (and those named in
  * Connection), every `x-cocoon-*` header (the token never reaches the guest) and the client's own
  * X-Forwarded-Proto/Host; they gain X-Forwarded-For (appended), -Proto and -Host. Responses lose
  * hop-by-hop headers: each side of the proxy frames its own connection. On the HTTP/1.1 data
  * plane, where bodies are relayed as bytes, Transfer-Encoding stays with the body it frames.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import { valuesOf, type RequestHead, type ResponseHead } from './http1-parse.ts';
 
 export interface ForwardedFor {
@@ -13,6 +16,15 @@ export interface ForwardedFor {
   proto: 'https' | 'http';
   /** The host the client asked for (Host or :authority). */
   host: string;
+}
+
+/** Who asked, as the X-Forwarded-* headers tell the guest. */
+export function forwardedFor(socket: Duplex | undefined, host: string | undefined): ForwardedFor {
+  return {
+    clientAddress: (socket as net.Socket | undefined)?.remoteAddress ?? '',
+    proto: socket instanceof tls.TLSSocket ? 'https' : 'http',
+    host: host ?? '',
+  };
 }
 
 /** HTTP/1.1's hop-by-hop headers plus those HTTP/2 forbids; `expect` is answered by the proxy itself. */

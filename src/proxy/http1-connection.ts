@@ -13,11 +13,10 @@
  * that loses its connection.
  */
 import type net from 'node:net';
-import tls from 'node:tls';
 import { errorCodes } from '../errors/errors.ts';
 import type { TrafficLease } from '../vms/manager.ts';
 import type { ConnectGate } from './connect-gate.ts';
-import { AUTH_HEADER, offeredProtocols, PORT_HEADER, requestHeadH1, responseHeadH1, type OfferedProtocols } from './headers.ts';
+import { AUTH_HEADER, forwardedFor, offeredProtocols, PORT_HEADER, requestHeadH1, responseHeadH1, type OfferedProtocols } from './headers.ts';
 import {
   BodyCursor, MalformedMessage, parseRequestHead, parseResponseHead, requestFraming, responseFraming, tokensOf, valuesOf, type RequestHead,
 } from './http1-parse.ts';
@@ -37,7 +36,7 @@ const MAX_REQUEST_HEAD = 32 * 1024;
 const MAX_RESPONSE_HEAD = 64 * 1024;
 /** Client bytes read ahead of the request in flight (pipelined requests) before reading stops. */
 const MAX_READ_AHEAD = 64 * 1024;
-/** Kept-alive client connections stay a minute, as most load balancers expect; a head must arrive within it too. */
+/** Kept-alive client connections stay a minute without traffic, as most load balancers expect. */
 const IDLE_TIMEOUT_MS = 65_000;
 /**
  * Past this many bytes a response body is bulk: QEMU hands it over in pieces of ~2 KiB, one read
@@ -281,8 +280,7 @@ export class Http1Connection {
 
   private send(exchange: Exchange, upstream: net.Socket): void {
     exchange.upstream = upstream;
-    const forwarded = { clientAddress: this.client.remoteAddress ?? '', proto: this.client instanceof tls.TLSSocket ? 'https' as const : 'http' as const, host: exchange.host ?? '' };
-    upstream.write(requestHeadH1(exchange.head, forwarded, { close: exchange.closeAfter, ...(exchange.upgrade && { upgrade: exchange.upgrade }) }), 'latin1');
+    upstream.write(requestHeadH1(exchange.head, forwardedFor(this.client, exchange.host), { close: exchange.closeAfter, ...(exchange.upgrade && { upgrade: exchange.upgrade }) }), 'latin1');
     if (!exchange.requestBody.done) {
       // The proxy answers the expectation itself: the request was admitted, the guest is there.
       if (exchange.head.minor === 1 && !exchange.retried && tokensOf(exchange.head.fields, 'expect').includes('100-continue')) this.client.write(CONTINUE);

@@ -18,7 +18,7 @@ import type { MicroVmManager, TrafficLease } from '../vms/manager.ts';
 import { ConnectGate } from './connect-gate.ts';
 import { forwardFromHttp2, upstreamAgent, type Upstream } from './forward-http.ts';
 import { forwardGrpc, GrpcSessions, isGrpc } from './forward-grpc.ts';
-import { AUTH_HEADER, PORT_HEADER, requestHeaders, type ForwardedFor } from './headers.ts';
+import { AUTH_HEADER, forwardedFor, PORT_HEADER, requestHeaders } from './headers.ts';
 import { Http1Connection, type Admission, type Http1Deps } from './http1-connection.ts';
 import { problemOf, sendProblemH2, upstreamFailed, type Problem } from './problems.ts';
 import { destinationOf, requestedPort, type Destination } from './routing.ts';
@@ -89,7 +89,31 @@ export class EndpointProxy {
     await Promise.all(closed);
   }
 
-  // --- the three kinds of traffic ---
+  // --- HTTP/2 streams (HTTP/1.1 has its own data plane: http1-connection.ts) ---
+
+  private async onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): Promise<void> {
+    stream.on('error', ignore);
+    const grpc = isGrpc(headers);
+    const authority = headers[':authority'] ?? headers.host;
+    const admission = await this.admit(authority, single(headers[PORT_HEADER]), single(headers[AUTH_HEADER]));
+    if ('problem' in admission) {
+      sendProblemH2(stream, admission.problem, grpc);
+      return;
+    }
+    const { lease, microvmId } = admission;
+    if (stream.destroyed) return lease.release();
+    stream.once('close', lease.release);
+    const forwarded = forwardedFor(stream.session?.socket, authority);
+    const withBody = (flags & NGHTTP2_FLAG_END_STREAM) === 0;
+    const fail = (error: Error): void => {
+      this.log(`${microvmId}: guest port ${lease.guestPort} failed: ${error.message}`);
+      sendProblemH2(stream, upstreamFailed(), grpc);
+    };
+    if (grpc) forwardGrpc(this.grpc.sessionFor(upstreamOf(lease), lease.closed), stream, requestHeaders(headers, forwarded, 'h2c'), withBody, fail);
+    else forwardFromHttp2(this.agent, upstreamOf(lease), stream, headers, withBody, requestHeaders(headers, forwarded, 'http1'), fail);
+  }
+
+  // --- admission ---
 
   /**
    * Routing, the token check and a lease: at once when the VM is RUNNING and its token was seen
@@ -101,11 +125,11 @@ export class EndpointProxy {
     let microvmId: string | undefined;
     try {
       const destination = this.destinationOf(host);
-      microvmId = destination.microvmId;
+      const vm = destination.microvmId;
+      microvmId = vm;
       const guestPort = destination.guestPort ?? requestedPort(portRequested, 'X-Cocoon-Port (or the subprotocol cocoon.port.<n>)');
-      const vm = microvmId;
       const lease = this.options.microvms.openForTrafficNow(vm, guestPort, (port) => this.options.tokens.authorizeNow(token, vm, port));
-      return lease ? { lease, microvmId } : this.admitLater(microvmId, guestPort, token);
+      return lease ? { lease, microvmId: vm } : this.admitLater(vm, guestPort, token);
     } catch (error) {
       return { problem: this.refusal(error, microvmId) };
     }
@@ -125,30 +149,6 @@ export class EndpointProxy {
     }
   }
 
-  private async onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): Promise<void> {
-    stream.on('error', ignore);
-    const grpc = isGrpc(headers);
-    const authority = headers[':authority'] ?? headers.host;
-    const admission = await this.admit(authority, single(headers[PORT_HEADER]), single(headers[AUTH_HEADER]));
-    if ('problem' in admission) {
-      sendProblemH2(stream, admission.problem, grpc);
-      return;
-    }
-    const { lease, microvmId } = admission;
-    if (stream.destroyed) return lease.release();
-    stream.once('close', lease.release);
-    const forwarded = this.forwardedFor(stream.session?.socket, authority);
-    const withBody = (flags & NGHTTP2_FLAG_END_STREAM) === 0;
-    const fail = (error: Error): void => {
-      this.log(`${microvmId}: guest port ${lease.guestPort} failed: ${error.message}`);
-      sendProblemH2(stream, upstreamFailed(), grpc);
-    };
-    if (grpc) forwardGrpc(this.grpc.sessionFor(upstreamOf(lease), lease.closed), stream, requestHeaders(headers, forwarded, 'h2c'), withBody, fail);
-    else forwardFromHttp2(this.agent, upstreamOf(lease), stream, headers, withBody, requestHeaders(headers, forwarded, 'http1'), fail);
-  }
-
-  // --- admission ---
-
   private destinationOf(host: string | undefined): Destination {
     const destination = destinationOf(host, this.options.domain);
     if (!destination) {
@@ -162,14 +162,6 @@ export class EndpointProxy {
     const problem = problemOf(error);
     if (problem.logged) this.log(`${microvmId ?? 'proxy'}: answered ${problem.code}: ${error instanceof Error ? error.message : String(error)}`);
     return problem;
-  }
-
-  private forwardedFor(socket: Duplex | undefined, host: string | undefined): ForwardedFor {
-    return {
-      clientAddress: (socket as net.Socket | undefined)?.remoteAddress ?? '',
-      proto: socket instanceof tls.TLSSocket ? 'https' : 'http',
-      host: host ?? '',
-    };
   }
 
   // --- connections ---
