@@ -24,7 +24,7 @@ interface Proxy {
 }
 
 /** A proxy whose only MicroVM is `HOST`, reached at `guestPort`, admitted with X-Cocoon-Auth: ok. */
-async function startProxy(guestPort: number): Promise<Proxy> {
+async function startProxy(guestPort: number, headTimeoutMs?: number): Promise<Proxy> {
   let open = 0;
   const logs: string[] = [];
   const deps: Http1Deps = {
@@ -41,6 +41,7 @@ async function startProxy(guestPort: number): Promise<Proxy> {
       return { microvmId: 'vm', lease: { hostAddress: '127.0.0.1', hostPort: guestPort, guestPort: 8080, closed: new AbortController().signal, release } };
     },
     log: (line) => logs.push(line),
+    ...(headTimeoutMs !== undefined && { headTimeoutMs }),
   };
   const server = await listen(net.createServer({ allowHalfOpen: true }, (socket) => new Http1Connection(socket, deps)));
   return { port: portOf(server), openLeases: () => open, logs };
@@ -343,5 +344,24 @@ test('bulk bodies leave in batches, and a batch never waits for more bytes than 
   guestSocket!.write('3\r\nend\r\n0\r\n\r\n');
   const text = await client.until((t) => t.endsWith('0\r\n\r\n'), 'the end');
   assert.ok(text.endsWith(`${first}\r\n5\r\nsmall\r\n3\r\nend\r\n0\r\n\r\n`));
+  client.socket.destroy();
+});
+
+test('a request head must be whole in time: a client trickling one loses its connection, one in time is served', async () => {
+  const guest = await echoGuest();
+  const proxy = await startProxy(guest.port, 300);
+  const slow = new Client(proxy.port).send('GET / HTTP/1.1\r\nHost: ');
+  const trickle = setInterval(() => slow.send('x'), 50);
+  try {
+    assert.equal(await slow.closed(), '');
+  } finally {
+    clearInterval(trickle);
+  }
+  const client = new Client(proxy.port).send(GET('/first'));
+  await client.responses(1);
+  // The next head arrives long after the deadline would have passed for the first one.
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  const text = await client.send(GET('/second')).responses(2);
+  assert.equal(JSON.parse(bodiesOf(text)[1]!).url, '/second');
   client.socket.destroy();
 });

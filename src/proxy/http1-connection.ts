@@ -29,6 +29,8 @@ export interface Http1Deps {
   gate: ConnectGate;
   admit(host: string | undefined, port: string | undefined, token: string | undefined): Admission | Promise<Admission>;
   log(line: string): void;
+  /** How long a request head may take from its first byte; default HEAD_TIMEOUT_MS. */
+  headTimeoutMs?: number;
 }
 
 /** As much as nginx takes by default (4 × 8 KiB). */
@@ -38,6 +40,8 @@ const MAX_RESPONSE_HEAD = 64 * 1024;
 const MAX_READ_AHEAD = 64 * 1024;
 /** Kept-alive client connections stay a minute without traffic, as most load balancers expect. */
 const IDLE_TIMEOUT_MS = 65_000;
+/** A head trickled in byte by byte must still be whole within a minute, as Node's HTTP server requires. */
+const HEAD_TIMEOUT_MS = 60_000;
 /**
  * Past this many bytes a response body is bulk: QEMU hands it over in pieces of ~2 KiB, one read
  * each, and a TLS record and a system call per piece cost the proxy 3× nginx's CPU per MB. Bulk
@@ -90,6 +94,8 @@ export class Http1Connection {
   private over = false;
   /** Set while bulk response bytes are held (the client socket corked). */
   private batchTimer: NodeJS.Timeout | undefined;
+  /** Set while a request head has begun to arrive but is not whole. */
+  private headTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly client: net.Socket, private readonly deps: Http1Deps, initial: Buffer = EMPTY) {
     this.pending = initial;
@@ -143,8 +149,11 @@ export class Http1Connection {
     if (!head) {
       if (this.clientEnded) this.client.end();
       else this.updateReading();
+      if (this.pending.length > 0) this.headTimer ??= setTimeout(() => this.client.destroy(), this.deps.headTimeoutMs ?? HEAD_TIMEOUT_MS);
       return;
     }
+    clearTimeout(this.headTimer);
+    this.headTimer = undefined;
     this.pending = this.pending.subarray(head.length);
     this.begin(head);
   }
@@ -222,6 +231,7 @@ export class Http1Connection {
   private onClientClose(): void {
     this.over = true;
     clearTimeout(this.batchTimer);
+    clearTimeout(this.headTimer);
     const exchange = this.exchange;
     this.exchange = undefined;
     exchange?.lease?.release();
