@@ -9,7 +9,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { valuesOf, type RequestHead, type ResponseHead } from './http1-parse.ts';
+import { commaTokens, valuesOf, type RequestHead, type ResponseHead } from './http1-parse.ts';
 
 export interface ForwardedFor {
   clientAddress: string;
@@ -44,7 +44,7 @@ const PORT_PROTOCOL = 'cocoon.port.';
  * `:scheme: http`, and `te: trailers`, which gRPC requires).
  */
 export function requestHeaders(headers: IncomingHttpHeaders, forwarded: ForwardedFor, target: 'http1' | 'h2c'): OutgoingHttpHeaders {
-  const listed = connectionTokens(headers.connection);
+  const listed = listedHeaders(commaTokens(headers.connection));
   const out: OutgoingHttpHeaders = {};
   for (const name in headers) {
     if (name.charCodeAt(0) === 58 /* ':' */) {
@@ -84,7 +84,7 @@ function lowerCaseNames(raw: readonly string[]): string[] {
 
 function listedInConnection(raw: readonly string[], names: readonly string[]): Set<string> | undefined {
   let listed: Set<string> | undefined;
-  for (let i = 0; i < names.length; i++) if (names[i] === 'connection') listed = connectionTokens(raw[2 * i + 1], listed);
+  for (let i = 0; i < names.length; i++) if (names[i] === 'connection') listed = listedHeaders(commaTokens(raw[2 * i + 1]), listed);
   return listed;
 }
 
@@ -131,7 +131,7 @@ export function offeredProtocols(header: string | string[] | undefined): Offered
  * `upgrade`: a WebSocket upgrade, whose cocoon.* subprotocols stay behind.
  */
 export function requestHeadH1(head: RequestHead, forwarded: ForwardedFor, options: { close: boolean; upgrade?: OfferedProtocols }): string {
-  const listed = connectionTokens(valuesOf(head.fields, 'connection'));
+  const listed = listedHeaders(head.connection);
   let text = `${head.method} ${head.target} HTTP/1.${head.minor}\r\n`;
   let prior: string | undefined;
   for (const { name, lower, value } of head.fields) {
@@ -154,7 +154,7 @@ export function requestHeadH1(head: RequestHead, forwarded: ForwardedFor, option
  * added when the guest chose no subprotocol (see OfferedProtocols).
  */
 export function responseHeadH1(head: ResponseHead, options: { close: boolean; fallbackProtocol?: string }): string {
-  const listed = connectionTokens(valuesOf(head.fields, 'connection'));
+  const listed = listedHeaders(head.connection);
   const switching = head.status === 101;
   let text = `HTTP/1.1 ${head.status} ${head.reason}\r\n`;
   for (const { name, lower, value } of head.fields) {
@@ -169,15 +169,11 @@ export function responseHeadH1(head: ResponseHead, options: { close: boolean; fa
   return `${text}\r\n`;
 }
 
-/** The headers Connection names, hop-by-hop ones left out (they go anyway; `te` may stay for gRPC): the usual `keep-alive` builds no set. */
-function connectionTokens(value: string | string[] | undefined, into?: Set<string>): Set<string> | undefined {
-  if (value === undefined) return into;
-  let tokens = into;
-  for (const token of String(value).split(',')) {
-    const name = token.trim().toLowerCase();
-    if (name !== '' && (name === 'te' || !HOP_BY_HOP.has(name))) (tokens ??= new Set()).add(name);
-  }
-  return tokens;
+/** The headers Connection's tokens name, hop-by-hop ones left out (they go anyway; `te` may stay for gRPC): the usual `keep-alive` builds no set. */
+function listedHeaders(connection: readonly string[], into?: Set<string>): Set<string> | undefined {
+  let listed = into;
+  for (const name of connection) if (name === 'te' || !HOP_BY_HOP.has(name)) (listed ??= new Set()).add(name);
+  return listed;
 }
 
 /** Whether a request header goes on to the guest: not hop-by-hop (`te` may stay, for gRPC), not ours, not named in Connection. */

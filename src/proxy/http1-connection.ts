@@ -160,7 +160,7 @@ export class Http1Connection {
 
   private begin(head: RequestHead): void {
     const hosts = valuesOf(head.fields, 'host');
-    const connection = tokensOf(head.fields, 'connection');
+    const { connection } = head;
     const websocket = connection.includes('upgrade') && tokensOf(head.fields, 'upgrade').includes('websocket');
     const upgrade = websocket ? offeredProtocols(valuesOf(head.fields, 'sec-websocket-protocol')) : undefined;
     let exchange: Exchange;
@@ -347,8 +347,7 @@ export class Http1Connection {
         const framing = responseFraming(head, exchange.head.method);
         // A body that ends with the connection: the client learns its end the same way.
         if (framing.kind === 'close') exchange.closeAfter = true;
-        const connection = tokensOf(head.fields, 'connection');
-        if (head.minor === 0 ? !connection.includes('keep-alive') : connection.includes('close')) exchange.keepUpstream = false;
+        if (head.minor === 0 ? !head.connection.includes('keep-alive') : head.connection.includes('close')) exchange.keepUpstream = false;
         exchange.responseHead = EMPTY;
         exchange.responseBody = new BodyCursor(framing);
         exchange.responded = true;

@@ -24,6 +24,7 @@ describe('request heads', () => {
     ]);
     assert.equal(text.slice(head.length), 'GET /next');
     assert.equal(request('OPTIONS * HTTP/1.0\r\n\r\n')!.minor, 0);
+    assert.deepEqual(request('GET / HTTP/1.1\r\nConnection: Keep-Alive, X-A\r\nconnection: ,close\r\n\r\n')!.connection, ['keep-alive', 'x-a', 'close']);
     assert.equal(request('GET /caf\xe9 HTTP/1.1\r\nX: \xe9\x80\r\n\r\n')!.fields[0]!.value, '\xe9\x80', 'bytes over 0x7f pass as they are');
   });
 

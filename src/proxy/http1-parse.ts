@@ -21,6 +21,8 @@ export interface RequestHead {
   /** The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0. */
   minor: 0 | 1;
   fields: HeaderField[];
+  /** The Connection header's tokens, lower case (`close`, `upgrade`, names of hop-by-hop headers). */
+  connection: string[];
   /** Bytes of the head, the empty line included. */
   length: number;
 }
@@ -30,6 +32,7 @@ export interface ResponseHead {
   reason: string;
   minor: 0 | 1;
   fields: HeaderField[];
+  connection: string[];
   length: number;
 }
 
@@ -59,7 +62,8 @@ export function parseRequestHead(buffer: Buffer, maxBytes: number): RequestHead 
   if (target[0] !== '/' && !(target === '*' && match[1] === 'OPTIONS')) {
     throw new MalformedMessage('the request target must be a path (origin form)');
   }
-  return { method: match[1]!, target, minor: match[3] === '1' ? 1 : 0, fields: fieldsOf(lines.text), length: lines.length };
+  const fields = fieldsOf(lines.text);
+  return { method: match[1]!, target, minor: match[3] === '1' ? 1 : 0, fields, connection: tokensOf(fields, 'connection'), length: lines.length };
 }
 
 /** The response head at the start of `buffer`; undefined while incomplete. Throws MalformedMessage. */
@@ -68,7 +72,8 @@ export function parseResponseHead(buffer: Buffer, maxBytes: number): ResponseHea
   if (!lines) return undefined;
   const match = STATUS_LINE.exec(lines.text[0]!);
   if (!match) throw new MalformedMessage('malformed status line');
-  return { status: Number(match[2]), reason: match[3] ?? '', minor: match[1] === '1' ? 1 : 0, fields: fieldsOf(lines.text), length: lines.length };
+  const fields = fieldsOf(lines.text);
+  return { status: Number(match[2]), reason: match[3] ?? '', minor: match[1] === '1' ? 1 : 0, fields, connection: tokensOf(fields, 'connection'), length: lines.length };
 }
 
 function headLines(buffer: Buffer, maxBytes: number): { text: string[]; length: number } | undefined {
@@ -99,8 +104,13 @@ export function valuesOf(fields: readonly HeaderField[], lower: string): string[
 
 /** The comma-separated tokens of a header (Connection, Upgrade), lower case. */
 export function tokensOf(fields: readonly HeaderField[], lower: string): string[] {
+  return commaTokens(valuesOf(fields, lower));
+}
+
+/** The tokens of comma-separated header values, lower case, empty ones left out. */
+export function commaTokens(values: string | readonly string[] | undefined): string[] {
   const tokens: string[] = [];
-  for (const value of valuesOf(fields, lower)) {
+  for (const value of typeof values === 'string' ? [values] : values ?? []) {
     for (const token of value.split(',')) {
       const trimmed = token.trim().toLowerCase();
       if (trimmed !== '') tokens.push(trimmed);
