@@ -13,14 +13,14 @@
  * that loses its connection.
  */
 import type net from 'node:net';
-import { errorCodes } from '../errors/errors.ts';
+import { AppError } from '../errors/errors.ts';
 import type { TrafficLease } from '../vms/manager.ts';
 import type { ConnectGate } from './connect-gate.ts';
 import { AUTH_HEADER, forwardedFor, offeredProtocols, PORT_HEADER, requestHeadH1, responseHeadH1, type OfferedProtocols } from './headers.ts';
 import {
   BodyCursor, MalformedMessage, parseRequestHead, parseResponseHead, requestFraming, responseFraming, tokensOf, valuesOf, type RequestHead,
 } from './http1-parse.ts';
-import { problemResponseH1, upstreamFailed, type Problem } from './problems.ts';
+import { problemOf, problemResponseH1, upstreamFailed, type Problem } from './problems.ts';
 
 /** The outcome of routing, the token check and the lease for one request. */
 export type Admission = { lease: TrafficLease; microvmId: string } | { problem: Problem };
@@ -143,7 +143,7 @@ export class Http1Connection {
     try {
       head = this.pending.length === 0 ? undefined : parseRequestHead(this.pending, MAX_REQUEST_HEAD);
     } catch (error) {
-      this.refuseMalformed(error as Error);
+      this.refuseMalformed(error);
       return;
     }
     if (!head) {
@@ -170,7 +170,7 @@ export class Http1Connection {
       // HTTP/1.0 clients, and refused or declined upgrades, get one answer per connection.
       exchange = new Exchange(head, hosts[0], upgrade, head.minor === 0 || connection.includes('close') || websocket || this.clientEnded);
     } catch (error) {
-      this.refuseMalformed(error as Error);
+      this.refuseMalformed(error);
       return;
     }
     this.exchange = exchange;
@@ -467,11 +467,16 @@ export class Http1Connection {
     else this.next();
   }
 
-  private refuseMalformed(error: Error): void {
-    const code = error instanceof MalformedMessage && error.tooLarge ? 'request.headers_too_large' : 'request.invalid';
+  /** A request the parser refused gets its answer and the connection ends; anything else thrown is a bug. */
+  private refuseMalformed(error: unknown): void {
+    if (!(error instanceof MalformedMessage)) {
+      this.failed(error as Error);
+      return;
+    }
     this.over = true;
     this.pending = EMPTY;
-    this.client.end(problemResponseH1({ status: errorCodes[code].httpStatus, code, message: error.message }, { close: true, withBody: true }));
+    const problem = problemOf(new AppError(error.tooLarge ? 'request.headers_too_large' : 'request.invalid', error.message));
+    this.client.end(problemResponseH1(problem, { close: true, withBody: true }));
   }
 
   private holdForBatch(): void {
